@@ -73,6 +73,13 @@ impl SnpReport {
                 format!("byte {offset:#x} is not in canonical form (reserved bytes must be zero)"),
             ));
         }
+        // R and S are 48-byte P-384 scalars stored zero-extended to 72 bytes: the high bytes
+        // are not covered by the signature check, so they must be zero.
+        for (name, start) in [("R", SIGNED_LEN), ("S", SIGNED_LEN + 72)] {
+            if raw.get(start + 48..start + 72).is_none_or(|high| high.iter().any(|b| *b != 0)) {
+                return Err(ParseError::malformed(WHAT, format!("signature {name} is not a zero-extended P-384 scalar")));
+            }
+        }
         Ok(SnpReport { raw: raw.to_vec(), report })
     }
 

@@ -22,6 +22,9 @@ const INTEL_QE_VENDOR_ID: [u8; 16] = [
     0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07,
 ];
 
+/// Certification data type of a v4/v5 quote's signature data.
+const QE_REPORT_CERT_DATA: u16 = 6;
+
 /// TD_ATTRIBUTES bit 0: the TD is debuggable (the host can read its memory).
 pub const TD_ATTR_DEBUG: u64 = 1 << 0;
 /// TD_ATTRIBUTES bit 28: SEPT #VE disabled (the guest cannot be made to take EPT-violation #VE).
@@ -87,6 +90,26 @@ impl TdxQuote {
             .ok_or(ParseError::Truncated { what: WHAT, need: signed + 4, have: raw.len() })?;
         let sig_len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
         let total = signed + 4 + sig_len;
+        // The signature data is ECDSA signature (64) ‖ attestation key (64) ‖ certification data
+        // (u16 type, u32 size, data): its declared length must be exactly that.
+        let cert_header = signed + 4 + 128;
+        let cert_size = raw
+            .get(cert_header + 2..cert_header + 6)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or(ParseError::Truncated { what: WHAT, need: cert_header + 6, have: raw.len() })?;
+        let cert_type = raw.get(cert_header..cert_header + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        if cert_type != Some(QE_REPORT_CERT_DATA) {
+            return Err(ParseError::malformed(
+                WHAT,
+                format!("certification data type {cert_type:?} is not QE report certification data (6)"),
+            ));
+        }
+        if sig_len != 128 + 6 + cert_size {
+            return Err(ParseError::malformed(
+                WHAT,
+                format!("signature data length {sig_len} does not match its content ({})", 128 + 6 + cert_size),
+            ));
+        }
         if raw.len() < total {
             return Err(ParseError::Truncated { what: WHAT, need: total, have: raw.len() });
         }

@@ -283,6 +283,54 @@ fn check_report_data(policy: &Policy, actual: &[u8; 64]) -> Result<(), PolicyVio
     }
 }
 
+/// Debug TDs are always rejected: the host can read their memory.
+pub(crate) fn ensure_tdx_not_debug(td_attributes: u64) -> Result<(), PolicyViolation> {
+    if td_attributes & tdx::TD_ATTR_DEBUG != 0 {
+        return Err(PolicyViolation::DebugEnabled("TD_ATTRIBUTES.DEBUG is set"));
+    }
+    Ok(())
+}
+
+/// Debuggable SNP guests are always rejected.
+pub(crate) fn ensure_snp_not_debug(policy_bits: u64) -> Result<(), PolicyViolation> {
+    if policy_bits & snp::POLICY_DEBUG != 0 {
+        return Err(PolicyViolation::DebugEnabled("SNP guest POLICY.DEBUG is set"));
+    }
+    Ok(())
+}
+
+/// Apply the policy's TCB statuses and grace window. Returns whether the status was accepted
+/// only through the grace window: an `OutOfDate` platform whose matched TCB level is dated less
+/// than `grace_days` before `now` (Intel dates a level by when it stopped being current).
+pub(crate) fn evaluate_tcb_status(
+    status: TcbStatus,
+    tcb_date: Timestamp,
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<bool, PolicyViolation> {
+    if policy.tcb.accepted.contains(&status) {
+        return Ok(false);
+    }
+    let out_of_date = matches!(status, TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded);
+    match policy.tcb.grace_days {
+        Some(days) if out_of_date => {
+            if tcb_date.secs().saturating_add(u64::from(days) * DAY) >= now.secs() {
+                Ok(true)
+            } else {
+                Err(PolicyViolation::OutOfDateBeyondGrace {
+                    status: status.to_string(),
+                    tcb_date: tcb_date.to_rfc3339(),
+                    grace_days: days,
+                })
+            }
+        }
+        _ => Err(PolicyViolation::TcbStatusNotAccepted {
+            status: status.to_string(),
+            accepted: policy.tcb.accepted.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
 impl Verifier {
     /// A verifier with the built-in trust anchors.
     pub fn new() -> Self {
@@ -354,38 +402,12 @@ impl Verifier {
             report_data: td10.report_data,
         };
         let attributes = u64::from_le_bytes(m.td_attributes);
-        if attributes & tdx::TD_ATTR_DEBUG != 0 {
-            return Err(PolicyViolation::DebugEnabled("TD_ATTRIBUTES.DEBUG is set").into());
-        }
+        ensure_tdx_not_debug(attributes)?;
 
         // TCB status, with the bounded grace window for OutOfDate.
         let status = claims.tcb.status;
         let tcb_date = Timestamp(claims.platform.tcb_date_tag);
-        let mut in_grace_window = false;
-        if !policy.tcb.accepted.contains(&status) {
-            let out_of_date = matches!(status, TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded);
-            match policy.tcb.grace_days {
-                Some(days) if out_of_date => {
-                    if tcb_date.secs().saturating_add(u64::from(days) * DAY) >= now.secs() {
-                        in_grace_window = true;
-                    } else {
-                        return Err(PolicyViolation::OutOfDateBeyondGrace {
-                            status: status.to_string(),
-                            tcb_date: tcb_date.to_rfc3339(),
-                            grace_days: days,
-                        }
-                        .into());
-                    }
-                }
-                _ => {
-                    return Err(PolicyViolation::TcbStatusNotAccepted {
-                        status: status.to_string(),
-                        accepted: policy.tcb.accepted.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
-                    }
-                    .into())
-                }
-            }
-        }
+        let in_grace_window = evaluate_tcb_status(status, tcb_date, policy, now)?;
         if let Some(id) = claims
             .tcb
             .advisory_ids
@@ -468,9 +490,7 @@ impl Verifier {
         let auth = snp::verify_snp(report, vek, &endorsements.cert_chain, now)?;
         let r = &report.report;
         let policy_bits = report.policy_bits();
-        if policy_bits & snp::POLICY_DEBUG != 0 {
-            return Err(PolicyViolation::DebugEnabled("SNP guest POLICY.DEBUG is set").into());
-        }
+        ensure_snp_not_debug(policy_bits)?;
         let reported = TcbVersion::from(&r.reported_tcb);
         let m = SnpMeasurements {
             version: r.version,
@@ -583,5 +603,51 @@ impl Verifier {
             evidence_sha256: [0; 32],
             trust_anchor: "simulator root key (NOT CONFIDENTIAL)".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+
+    fn policy(tcb: &str) -> Policy {
+        Policy::from_toml(&format!("version = 1\nplatforms = [\"tdx\"]\n[tcb]\n{tcb}\n[tdx]\nmr_td = [\"{M}\"]\n")).expect("policy")
+    }
+
+    #[test]
+    fn debug_bits_are_always_rejected() {
+        assert!(ensure_tdx_not_debug(0).is_ok());
+        assert!(ensure_tdx_not_debug(tdx::TD_ATTR_SEPT_VE_DISABLE).is_ok());
+        assert!(matches!(ensure_tdx_not_debug(1), Err(PolicyViolation::DebugEnabled(_))));
+        assert!(matches!(ensure_tdx_not_debug(1 | tdx::TD_ATTR_SEPT_VE_DISABLE), Err(PolicyViolation::DebugEnabled(_))));
+        assert!(ensure_snp_not_debug(0x30000).is_ok());
+        assert!(matches!(ensure_snp_not_debug(0x30000 | (1 << 19)), Err(PolicyViolation::DebugEnabled(_))));
+    }
+
+    #[test]
+    fn tcb_statuses_and_grace_window() {
+        let day = 86_400;
+        let now = Timestamp(1_750_000_000);
+        let strict = policy("");
+        assert_eq!(evaluate_tcb_status(TcbStatus::UpToDate, now, &strict, now), Ok(false));
+        for s in [TcbStatus::OutOfDate, TcbStatus::SWHardeningNeeded, TcbStatus::ConfigurationNeeded, TcbStatus::Revoked] {
+            assert!(matches!(evaluate_tcb_status(s, now, &strict, now), Err(PolicyViolation::TcbStatusNotAccepted { .. })), "{s}");
+        }
+        let sw = policy("accepted_statuses = [\"UpToDate\", \"SWHardeningNeeded\"]");
+        assert_eq!(evaluate_tcb_status(TcbStatus::SWHardeningNeeded, now, &sw, now), Ok(false));
+        let grace = policy("out_of_date_grace_days = 30");
+        // Inside the window: accepted, and flagged as such.
+        assert_eq!(evaluate_tcb_status(TcbStatus::OutOfDate, Timestamp(now.0 - 29 * day), &grace, now), Ok(true));
+        assert_eq!(evaluate_tcb_status(TcbStatus::OutOfDateConfigurationNeeded, Timestamp(now.0 - 30 * day), &grace, now), Ok(true));
+        // Past it: rejected.
+        assert!(matches!(
+            evaluate_tcb_status(TcbStatus::OutOfDate, Timestamp(now.0 - 31 * day), &grace, now),
+            Err(PolicyViolation::OutOfDateBeyondGrace { grace_days: 30, .. })
+        ));
+        // The window is for OutOfDate only.
+        assert!(evaluate_tcb_status(TcbStatus::SWHardeningNeeded, now, &grace, now).is_err());
+        assert!(evaluate_tcb_status(TcbStatus::Revoked, now, &grace, now).is_err());
     }
 }
