@@ -1,1 +1,11 @@
-//! lib
+//! The Chrysalis client: the SDK developers and auditors use, behind the `chrysalis` CLI.
+//!
+//! Today it owns evidence loading (raw quote/report as binary or hex, or our evidence bundle),
+//! endorsement collateral (Intel PCS/PCCS, AMD KDS, an on-disk cache with expiry, fully offline
+//! from files) and the verdict output of `chrysalis verify`. It will own the attested, sealed
+//! connection to an enclave and the OpenAI-compatible gateway (enclave and gateway issues).
+#![forbid(unsafe_code)]
+
+pub mod collateral;
+pub mod inputs;
+pub mod report;

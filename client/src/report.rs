@@ -1,0 +1,144 @@
+//! The verdict as scripts read it (`--json`) and as people read it.
+//!
+//! JSON contract (one object): `verdict` (`accepted`/`rejected`), `platform` (`tdx`, `snp`,
+//! `simulated`, or null when the evidence could not be decoded), `tcb_status`, `reason` (on
+//! rejection), `measurements` (on acceptance; null otherwise: nothing unverified is printed),
+//! plus `measurement_policy_applied`, `advisory_ids`, `verified_at`, `expires_at`,
+//! `trust_anchor`, `evidence_sha256` and, for the simulator, `warning`. Digests are lowercase hex.
+
+use std::fmt::Write as _;
+
+use chrysalis_attestation::verify::Measurements;
+use chrysalis_attestation::{Platform, VerifiedEvidence, VerifyError};
+use serde_json::{json, Value};
+
+/// The loud warning for simulated evidence.
+pub const SIMULATED_WARNING: &str =
+    "SIMULATED TEE: this evidence comes from the development simulator; nothing here is confidential";
+
+/// Build the JSON verdict.
+pub fn verdict_json(platform: Option<Platform>, result: &Result<VerifiedEvidence, VerifyError>) -> Value {
+    match result {
+        Ok(v) => {
+            let mut out = json!({
+                "verdict": "accepted",
+                "platform": v.platform().as_str(),
+                "tcb_status": v.tcb().status,
+                "advisory_ids": v.tcb().advisory_ids,
+                "tcb_date": v.tcb().tcb_date,
+                "in_grace_window": v.tcb().in_grace_window,
+                "measurements": serde_json::to_value(v.measurements()).unwrap_or(Value::Null),
+                "measurement_policy_applied": v.measurement_policy_applied(),
+                "verified_at": v.verified_at().to_rfc3339(),
+                "expires_at": v.expires_at().to_rfc3339(),
+                "trust_anchor": v.trust_anchor(),
+                "evidence_sha256": hex::encode(v.evidence_sha256()),
+            });
+            if !v.measurement_policy_applied() {
+                out["note"] = json!("no measurement policy was applied: compare the measurements with the values you expect");
+            }
+            if v.platform() == Platform::Simulated {
+                out["warning"] = json!(SIMULATED_WARNING);
+            }
+            out
+        }
+        Err(e) => {
+            let mut out = json!({
+                "verdict": "rejected",
+                "platform": platform.map(|p| p.as_str()),
+                "tcb_status": Value::Null,
+                "reason": e.to_string(),
+                "measurements": Value::Null,
+            });
+            if platform == Some(Platform::Simulated) {
+                out["warning"] = json!(SIMULATED_WARNING);
+            }
+            out
+        }
+    }
+}
+
+fn platform_name(p: Platform) -> &'static str {
+    match p {
+        Platform::Tdx => "Intel TDX",
+        Platform::Snp => "AMD SEV-SNP",
+        Platform::Simulated => "SIMULATED (not confidential)",
+    }
+}
+
+/// A summary a person can check at a glance, verdict first.
+pub fn verdict_text(platform: Option<Platform>, result: &Result<VerifiedEvidence, VerifyError>, colour: bool) -> String {
+    let (green, red, yellow, bold, reset) = if colour {
+        ("\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "", "", "", "")
+    };
+    let mut s = String::new();
+    match result {
+        Err(e) => {
+            let _ = writeln!(s, "{bold}{red}REJECTED{reset}  {e}");
+            if let Some(p) = platform {
+                let _ = writeln!(s, "  platform      {}", platform_name(p));
+            }
+            if platform == Some(Platform::Simulated) {
+                let _ = writeln!(s, "{yellow}  warning: {SIMULATED_WARNING}{reset}");
+            }
+        }
+        Ok(v) => {
+            let _ = writeln!(s, "{bold}{green}ACCEPTED{reset}  genuine {} evidence that meets the policy", platform_name(v.platform()));
+            if v.platform() == Platform::Simulated {
+                let _ = writeln!(s, "{bold}{yellow}  WARNING: {SIMULATED_WARNING}{reset}");
+            }
+            let tcb = v.tcb();
+            let grace = if tcb.in_grace_window { " (accepted in the policy's grace window)" } else { "" };
+            let _ = writeln!(s, "  tcb status    {}{grace}", tcb.status);
+            if !tcb.advisory_ids.is_empty() {
+                let _ = writeln!(s, "  advisories    {}", tcb.advisory_ids.join(", "));
+            }
+            let _ = writeln!(s, "  trust anchor  {}", v.trust_anchor());
+            let _ = writeln!(s, "  verified at   {} (verdict valid until {})", v.verified_at(), v.expires_at());
+            let _ = writeln!(s, "  evidence      sha256 {}", hex::encode(v.evidence_sha256()));
+            let _ = writeln!(s, "  measurements");
+            let row = |s: &mut String, k: &str, v: String| {
+                let _ = writeln!(s, "    {k:<16}{v}");
+            };
+            match v.measurements() {
+                Measurements::Tdx(m) => {
+                    row(&mut s, "quote version", m.quote_version.to_string());
+                    row(&mut s, "mr_td", hex::encode(m.mr_td));
+                    for (i, r) in m.rtmr.iter().enumerate() {
+                        row(&mut s, &format!("rtmr{i}"), hex::encode(r));
+                    }
+                    row(&mut s, "mr_config_id", hex::encode(m.mr_config_id));
+                    row(&mut s, "mr_seam", hex::encode(m.mr_seam));
+                    row(&mut s, "td_attributes", hex::encode(m.td_attributes));
+                    row(&mut s, "xfam", hex::encode(m.xfam));
+                    row(&mut s, "tee_tcb_svn", hex::encode(m.tee_tcb_svn));
+                    row(&mut s, "report_data", hex::encode(m.report_data));
+                }
+                Measurements::Snp(m) => {
+                    row(&mut s, "report version", m.version.to_string());
+                    row(&mut s, "measurement", hex::encode(m.measurement));
+                    row(&mut s, "host_data", hex::encode(m.host_data));
+                    row(&mut s, "policy", m.policy.clone());
+                    row(&mut s, "reported_tcb", m.reported_tcb.to_string());
+                    row(&mut s, "chip_id", hex::encode(m.chip_id));
+                    row(&mut s, "signed by", format!("{} ({})", m.signing_key, m.product));
+                    row(&mut s, "report_data", hex::encode(m.report_data));
+                }
+                Measurements::Simulated(m) => {
+                    row(&mut s, "measurement", hex::encode(m.measurement));
+                    row(&mut s, "config_digest", hex::encode(m.config_digest));
+                    row(&mut s, "report_data", hex::encode(m.report_data));
+                }
+            }
+            if !v.measurement_policy_applied() {
+                let _ = writeln!(
+                    s,
+                    "{yellow}  note: no measurement policy was applied; compare the measurements above with the values you expect (--policy FILE pins them){reset}"
+                );
+            }
+        }
+    }
+    s
+}
