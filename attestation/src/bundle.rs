@@ -58,16 +58,26 @@ impl EvidenceBundle {
         let bundle: EvidenceBundle = serde_json::from_slice(bytes)
             .map_err(|e| ParseError::malformed("evidence bundle", e.to_string()))?;
         if bundle.format != BUNDLE_FORMAT {
-            return Err(ParseError::malformed("evidence bundle", format!("format {:?} is not {BUNDLE_FORMAT:?}", bundle.format)));
+            return Err(ParseError::malformed(
+                "evidence bundle",
+                format!("format {:?} is not {BUNDLE_FORMAT:?}", bundle.format),
+            ));
         }
         if bundle.version != 1 {
-            return Err(ParseError::UnsupportedVersion { what: "evidence bundle", version: bundle.version });
+            return Err(ParseError::UnsupportedVersion {
+                what: "evidence bundle",
+                version: bundle.version,
+            });
         }
         let evidence = Evidence::from_bytes(&bundle.evidence)?;
         if evidence.platform() != bundle.platform {
             return Err(ParseError::malformed(
                 "evidence bundle",
-                format!("bundle says {} but the evidence is {}", bundle.platform, evidence.platform()),
+                format!(
+                    "bundle says {} but the evidence is {}",
+                    bundle.platform,
+                    evidence.platform()
+                ),
             ));
         }
         Ok((bundle, evidence))
@@ -94,8 +104,16 @@ impl<'a> Reader<'a> {
         let (head, rest) = self
             .bytes
             .split_at_checked(N)
-            .ok_or(ParseError::Truncated { what: "field", need: N, have: self.bytes.len() })?;
+            .ok_or(ParseError::Truncated {
+                what: "field",
+                need: N,
+                have: self.bytes.len(),
+            })?;
         self.bytes = rest;
-        head.try_into().map_err(|_| ParseError::Truncated { what: "field", need: N, have: head.len() })
+        head.try_into().map_err(|_| ParseError::Truncated {
+            what: "field",
+            need: N,
+            have: head.len(),
+        })
     }
 }

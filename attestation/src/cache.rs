@@ -27,7 +27,10 @@ pub struct VerificationCache {
 impl VerificationCache {
     /// A cache holding at most `capacity` verdicts.
     pub fn new(capacity: usize) -> Self {
-        VerificationCache { capacity: capacity.max(1), entries: Mutex::new(HashMap::new()) }
+        VerificationCache {
+            capacity: capacity.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The key for this evidence, endorsements and policy.
@@ -81,13 +84,19 @@ impl VerificationCache {
     }
 
     fn insert(&self, key: CacheKey, verified: VerifiedEvidence, now: Timestamp) {
-        let Ok(mut entries) = self.entries.lock() else { return };
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
         if entries.len() >= self.capacity {
             entries.retain(|_, v| now < v.expires_at());
         }
         if entries.len() >= self.capacity {
             // Evict the entry that expires first.
-            if let Some(k) = entries.iter().min_by_key(|(_, v)| v.expires_at()).map(|(k, _)| *k) {
+            if let Some(k) = entries
+                .iter()
+                .min_by_key(|(_, v)| v.expires_at())
+                .map(|(k, _)| *k)
+            {
                 entries.remove(&k);
             }
         }

@@ -14,7 +14,11 @@ pub enum ParseError {
     #[error("unrecognised evidence format: {0}")]
     UnknownFormat(String),
     #[error("{what} is truncated: need {need} bytes, have {have}")]
-    Truncated { what: &'static str, need: usize, have: usize },
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     #[error("{what} has {extra} unexpected trailing bytes")]
     TrailingBytes { what: &'static str, extra: usize },
     #[error("unsupported {what} version {version}")]
@@ -35,7 +39,10 @@ pub enum ParseError {
 
 impl ParseError {
     pub(crate) fn malformed(what: &'static str, reason: impl Into<String>) -> Self {
-        ParseError::Malformed { what, reason: reason.into() }
+        ParseError::Malformed {
+            what,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -47,7 +54,10 @@ pub enum VerifyError {
     #[error(transparent)]
     Parse(#[from] ParseError),
     #[error("{platform} evidence needs {what}, which was not provided")]
-    MissingEndorsement { platform: Platform, what: &'static str },
+    MissingEndorsement {
+        platform: Platform,
+        what: &'static str,
+    },
     #[error("intel DCAP verification failed: {0}")]
     Dcap(String),
     #[error("the platform's TCB is below every level in Intel's TCB info (no matching TCB level)")]
@@ -59,11 +69,22 @@ pub enum VerifyError {
     #[error("certificate chain does not end at a trusted {vendor} root key")]
     UntrustedRoot { vendor: &'static str },
     #[error("certificate {subject} is not valid at {now} (valid {not_before} to {not_after})")]
-    CertificateNotValid { subject: String, not_before: String, not_after: String, now: String },
+    CertificateNotValid {
+        subject: String,
+        not_before: String,
+        not_after: String,
+        now: String,
+    },
     #[error("report signature invalid: {0}")]
     Signature(String),
-    #[error("endorsement key TCB {component} is {cert} but the report's REPORTED_TCB says {report}")]
-    TcbMismatch { component: &'static str, cert: u8, report: u8 },
+    #[error(
+        "endorsement key TCB {component} is {cert} but the report's REPORTED_TCB says {report}"
+    )]
+    TcbMismatch {
+        component: &'static str,
+        cert: u8,
+        report: u8,
+    },
     #[error("endorsement key belongs to another chip: hwID {cert_hwid} != CHIP_ID {chip_id}")]
     ChipIdMismatch { cert_hwid: String, chip_id: String },
     #[error("{0}")]
@@ -83,19 +104,29 @@ pub enum PolicyViolation {
     #[error("TCB status {status} is not accepted (accepted: {accepted})")]
     TcbStatusNotAccepted { status: String, accepted: String },
     #[error("TCB status {status}: the platform TCB level dated {tcb_date} is past the {grace_days}-day grace window")]
-    OutOfDateBeyondGrace { status: String, tcb_date: String, grace_days: u32 },
+    OutOfDateBeyondGrace {
+        status: String,
+        tcb_date: String,
+        grace_days: u32,
+    },
     #[error("advisory {0} is rejected by the policy")]
     AdvisoryRejected(String),
     #[error("{field} {value} is not in the policy's allowlist")]
     NotAllowed { field: &'static str, value: String },
     #[error("{field} is {value}, below the policy minimum {minimum}")]
-    BelowMinimum { field: String, value: String, minimum: String },
+    BelowMinimum {
+        field: String,
+        value: String,
+        minimum: String,
+    },
     #[error("required attribute missing: {0}")]
     AttributeRequired(&'static str),
     #[error("attribute not allowed: {0}")]
     AttributeForbidden(&'static str),
     #[error("report_data {actual} does not equal the required binding {expected}")]
     ReportDataMismatch { expected: String, actual: String },
-    #[error("collateral issued {issued} is older than the policy's maximum age of {max_age_days} days")]
+    #[error(
+        "collateral issued {issued} is older than the policy's maximum age of {max_age_days} days"
+    )]
     CollateralTooOld { issued: String, max_age_days: u32 },
 }

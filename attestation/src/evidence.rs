@@ -62,9 +62,16 @@ impl Evidence {
         if bytes.starts_with(crate::simulated::MAGIC) {
             return SimulatedEvidence::from_bytes(bytes).map(Evidence::Simulated);
         }
-        let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u32_at =
-            |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let u16_at = |o: usize| {
+            bytes
+                .get(o..o + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
+        let u32_at = |o: usize| {
+            bytes
+                .get(o..o + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
         // Quote headers: u16 version, u16 attestation key type (2 = ECDSA P-256, 3 = P-384),
         // u32 TEE type. An SNP report has zeros at bytes 2..4 (high half of its u32 version).
         match (u16_at(0), u16_at(2), u32_at(4)) {
@@ -112,13 +119,22 @@ impl Evidence {
 pub fn decode_binary_or_hex(content: &[u8]) -> Result<Vec<u8>, ParseError> {
     let trimmed = content.trim_ascii();
     let looks_hex = !trimmed.is_empty()
-        && trimmed.iter().all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace() || *b == b'x');
+        && trimmed
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace() || *b == b'x');
     if !looks_hex {
         return Ok(content.to_vec());
     }
-    let text: Vec<u8> = trimmed.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let text: Vec<u8> = trimmed
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     let text = text.strip_prefix(b"0x").unwrap_or(&text);
-    hex::decode(text).map_err(|e| ParseError::Hex { what: "evidence", reason: e.to_string() })
+    hex::decode(text).map_err(|e| ParseError::Hex {
+        what: "evidence",
+        reason: e.to_string(),
+    })
 }
 
 /// Lowercase hex of a byte slice.
@@ -127,13 +143,23 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
 }
 
 /// Decode a fixed-size hex value from text (policies, bundles).
-pub(crate) fn hex_array<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N], ParseError> {
+pub(crate) fn hex_array<const N: usize>(
+    what: &'static str,
+    text: &str,
+) -> Result<[u8; N], ParseError> {
     let text = text.trim();
     let text = text.strip_prefix("0x").unwrap_or(text);
-    let bytes = hex::decode(text).map_err(|e| ParseError::Hex { what, reason: e.to_string() })?;
+    let bytes = hex::decode(text).map_err(|e| ParseError::Hex {
+        what,
+        reason: e.to_string(),
+    })?;
     <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| ParseError::Hex {
         what,
-        reason: format!("expected {N} bytes ({} hex digits), got {}", N * 2, bytes.len()),
+        reason: format!(
+            "expected {N} bytes ({} hex digits), got {}",
+            N * 2,
+            bytes.len()
+        ),
     })
 }
 
@@ -143,10 +169,19 @@ mod tests {
 
     #[test]
     fn hex_and_binary_detection() {
-        assert_eq!(decode_binary_or_hex(b"0x0a0B\n").ok(), Some(vec![0x0a, 0x0b]));
-        assert_eq!(decode_binary_or_hex(b"  0a 0b  ").ok(), Some(vec![0x0a, 0x0b]));
+        assert_eq!(
+            decode_binary_or_hex(b"0x0a0B\n").ok(),
+            Some(vec![0x0a, 0x0b])
+        );
+        assert_eq!(
+            decode_binary_or_hex(b"  0a 0b  ").ok(),
+            Some(vec![0x0a, 0x0b])
+        );
         assert_eq!(decode_binary_or_hex(&[0, 1, 2]).ok(), Some(vec![0, 1, 2]));
-        assert!(decode_binary_or_hex(b"abc").is_err(), "odd length hex must be an error");
+        assert!(
+            decode_binary_or_hex(b"abc").is_err(),
+            "odd length hex must be an error"
+        );
     }
 
     #[test]
@@ -156,6 +191,9 @@ mod tests {
             let junk = vec![0xA5u8; len];
             let _ = Evidence::from_bytes(&junk);
         }
-        assert!(matches!(Evidence::from_bytes(&[4, 0, 2, 0, 0x81, 0, 0, 0]), Err(ParseError::Malformed { .. } | ParseError::Truncated { .. })));
+        assert!(matches!(
+            Evidence::from_bytes(&[4, 0, 2, 0, 0x81, 0, 0, 0]),
+            Err(ParseError::Malformed { .. } | ParseError::Truncated { .. })
+        ));
     }
 }

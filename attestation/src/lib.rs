@@ -28,6 +28,8 @@ pub mod bundle;
 pub mod cache;
 pub mod error;
 pub mod evidence;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod policy;
 pub mod simulated;
 pub mod snp;

@@ -210,19 +210,27 @@ pub(crate) struct SimulatedRules {
 
 fn nonempty<T>(what: &str, list: &[T]) -> Result<(), ParseError> {
     if list.is_empty() {
-        return Err(ParseError::Policy(format!("{what} is an empty allowlist: name at least one value")));
+        return Err(ParseError::Policy(format!(
+            "{what} is an empty allowlist: name at least one value"
+        )));
     }
     Ok(())
 }
 
-fn hex_list<const N: usize>(what: &'static str, list: &[String]) -> Result<Vec<[u8; N]>, ParseError> {
+fn hex_list<const N: usize>(
+    what: &'static str,
+    list: &[String],
+) -> Result<Vec<[u8; N]>, ParseError> {
     nonempty(what, list)?;
     list.iter()
         .map(|v| hex_array::<N>(what, v).map_err(|e| ParseError::Policy(e.to_string())))
         .collect()
 }
 
-fn opt_hex_list<const N: usize>(what: &'static str, list: &Option<Vec<String>>) -> Result<Option<Vec<[u8; N]>>, ParseError> {
+fn opt_hex_list<const N: usize>(
+    what: &'static str,
+    list: &Option<Vec<String>>,
+) -> Result<Option<Vec<[u8; N]>>, ParseError> {
     list.as_ref().map(|l| hex_list::<N>(what, l)).transpose()
 }
 
@@ -254,7 +262,8 @@ impl Policy {
 
     /// Parse and validate a policy file.
     pub fn from_toml(text: &str) -> Result<Self, ParseError> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| ParseError::Policy(e.to_string()))?;
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| ParseError::Policy(e.to_string()))?;
         Self::build(file, true)
     }
 
@@ -265,33 +274,46 @@ impl Policy {
 
     fn build(file: PolicyFile, require_measurements: bool) -> Result<Self, ParseError> {
         if file.version != 1 {
-            return Err(ParseError::Policy(format!("unsupported policy version {} (expected 1)", file.version)));
+            return Err(ParseError::Policy(format!(
+                "unsupported policy version {} (expected 1)",
+                file.version
+            )));
         }
         nonempty("platforms", &file.platforms)?;
         let platforms: BTreeSet<Platform> = file.platforms.iter().copied().collect();
         let report_data = file
             .report_data
             .as_deref()
-            .map(|v| hex_array::<64>("report_data", v).map_err(|e| ParseError::Policy(e.to_string())))
+            .map(|v| {
+                hex_array::<64>("report_data", v).map_err(|e| ParseError::Policy(e.to_string()))
+            })
             .transpose()?;
 
         let statuses = match &file.tcb.accepted_statuses {
             Some(list) => {
                 nonempty("tcb.accepted_statuses", list)?;
-                list.iter().map(|s| parse_status(s)).collect::<Result<Vec<_>, _>>()?
+                list.iter()
+                    .map(|s| parse_status(s))
+                    .collect::<Result<Vec<_>, _>>()?
             }
             None => vec![TcbStatus::UpToDate],
         };
         if statuses.contains(&TcbStatus::Revoked) {
-            return Err(ParseError::Policy("a revoked TCB can never be accepted".into()));
+            return Err(ParseError::Policy(
+                "a revoked TCB can never be accepted".into(),
+            ));
         }
         if let Some(days) = file.tcb.out_of_date_grace_days {
             if days == 0 || days > MAX_GRACE_DAYS {
-                return Err(ParseError::Policy(format!("tcb.out_of_date_grace_days must be 1..={MAX_GRACE_DAYS}")));
+                return Err(ParseError::Policy(format!(
+                    "tcb.out_of_date_grace_days must be 1..={MAX_GRACE_DAYS}"
+                )));
             }
         }
         if file.tcb.collateral_max_age_days == Some(0) {
-            return Err(ParseError::Policy("tcb.collateral_max_age_days must be at least 1".into()));
+            return Err(ParseError::Policy(
+                "tcb.collateral_max_age_days must be at least 1".into(),
+            ));
         }
         let tcb = TcbRules {
             accepted: statuses,
@@ -315,7 +337,8 @@ impl Policy {
                                 .map(|set| {
                                     let mut out = [[0u8; 48]; 4];
                                     for (slot, value) in out.iter_mut().zip(set) {
-                                        *slot = hex_array("tdx.rtmr", value).map_err(|e| ParseError::Policy(e.to_string()))?;
+                                        *slot = hex_array("tdx.rtmr", value)
+                                            .map_err(|e| ParseError::Policy(e.to_string()))?;
                                     }
                                     Ok(out)
                                 })
@@ -327,7 +350,10 @@ impl Policy {
                     min_tee_tcb_svn: t
                         .min_tee_tcb_svn
                         .as_deref()
-                        .map(|v| hex_array::<16>("tdx.min_tee_tcb_svn", v).map_err(|e| ParseError::Policy(e.to_string())))
+                        .map(|v| {
+                            hex_array::<16>("tdx.min_tee_tcb_svn", v)
+                                .map_err(|e| ParseError::Policy(e.to_string()))
+                        })
                         .transpose()?,
                     require_sept_ve_disable: t.require_sept_ve_disable.unwrap_or(true),
                 })
@@ -383,7 +409,15 @@ impl Policy {
                 )));
             }
         }
-        Ok(Policy { platforms, report_data, tcb, tdx, snp, simulated, source: file })
+        Ok(Policy {
+            platforms,
+            report_data,
+            tcb,
+            tdx,
+            snp,
+            simulated,
+            source: file,
+        })
     }
 
     /// Accept the simulator too (the CLI's `--allow-simulated`). The simulator is still checked
@@ -438,7 +472,12 @@ fn unreachable_baseline() -> Policy {
     Policy {
         platforms: [Platform::Tdx, Platform::Snp].into_iter().collect(),
         report_data: None,
-        tcb: TcbRules { accepted: vec![TcbStatus::UpToDate], grace_days: None, collateral_max_age_days: None, rejected_advisories: vec![] },
+        tcb: TcbRules {
+            accepted: vec![TcbStatus::UpToDate],
+            grace_days: None,
+            collateral_max_age_days: None,
+            rejected_advisories: vec![],
+        },
         tdx: None,
         snp: None,
         simulated: None,

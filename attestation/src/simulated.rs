@@ -26,7 +26,8 @@ const SIGNED_LEN: usize = LEN - 64;
 /// Flags bit 0: the simulated guest claims to be debuggable.
 pub const FLAG_DEBUG: u16 = 1;
 /// Public seed text of the simulator root key. Publishing it is the point: the key proves nothing.
-const ROOT_SEED_TEXT: &[u8] = b"chrysalis simulated TEE root key v1 -- NOT CONFIDENTIAL, NEVER TRUST IN PRODUCTION";
+const ROOT_SEED_TEXT: &[u8] =
+    b"chrysalis simulated TEE root key v1 -- NOT CONFIDENTIAL, NEVER TRUST IN PRODUCTION";
 
 /// The simulator root key pair. Its private half is public knowledge by design.
 pub fn root_signing_key() -> SigningKey {
@@ -72,17 +73,27 @@ impl SimulatedEvidence {
         raw.extend_from_slice(&claims.report_data);
         let signature = key.sign(&raw);
         raw.extend_from_slice(&signature.to_bytes());
-        SimulatedEvidence { raw, claims: claims.clone() }
+        SimulatedEvidence {
+            raw,
+            claims: claims.clone(),
+        }
     }
 
     /// Decode simulated evidence; exact length, version 1, reserved zero.
     pub fn from_bytes(raw: &[u8]) -> Result<Self, ParseError> {
         const WHAT: &str = "simulated evidence";
         if raw.len() < LEN {
-            return Err(ParseError::Truncated { what: WHAT, need: LEN, have: raw.len() });
+            return Err(ParseError::Truncated {
+                what: WHAT,
+                need: LEN,
+                have: raw.len(),
+            });
         }
         if raw.len() > LEN {
-            return Err(ParseError::TrailingBytes { what: WHAT, extra: raw.len() - LEN });
+            return Err(ParseError::TrailingBytes {
+                what: WHAT,
+                extra: raw.len() - LEN,
+            });
         }
         let mut r = crate::bundle::Reader::new(raw);
         let magic: [u8; 16] = r.array()?;
@@ -91,11 +102,17 @@ impl SimulatedEvidence {
         }
         let version = u16::from_le_bytes(r.array()?);
         if version != 1 {
-            return Err(ParseError::UnsupportedVersion { what: WHAT, version: version.into() });
+            return Err(ParseError::UnsupportedVersion {
+                what: WHAT,
+                version: version.into(),
+            });
         }
         let flags = u16::from_le_bytes(r.array()?);
         if flags & !FLAG_DEBUG != 0 {
-            return Err(ParseError::malformed(WHAT, format!("unknown flags {flags:#x}")));
+            return Err(ParseError::malformed(
+                WHAT,
+                format!("unknown flags {flags:#x}"),
+            ));
         }
         let reserved = u32::from_le_bytes(r.array()?);
         if reserved != 0 {
@@ -107,7 +124,10 @@ impl SimulatedEvidence {
             report_data: r.array()?,
             debug: flags & FLAG_DEBUG != 0,
         };
-        Ok(SimulatedEvidence { raw: raw.to_vec(), claims })
+        Ok(SimulatedEvidence {
+            raw: raw.to_vec(),
+            claims,
+        })
     }
 
     /// The encoded evidence.
@@ -118,10 +138,16 @@ impl SimulatedEvidence {
     /// Check the signature against the simulator root key.
     pub(crate) fn verify_signature(&self) -> Result<(), VerifyError> {
         let (signed, sig) = self.raw.split_at(SIGNED_LEN);
-        let sig: [u8; 64] = sig.try_into().map_err(|_| VerifyError::Signature("bad signature length".into()))?;
+        let sig: [u8; 64] = sig
+            .try_into()
+            .map_err(|_| VerifyError::Signature("bad signature length".into()))?;
         root_verifying_key()
             .verify(signed, &Signature::from_bytes(&sig))
-            .map_err(|_| VerifyError::Signature("simulated evidence is not signed by the simulator root key".into()))
+            .map_err(|_| {
+                VerifyError::Signature(
+                    "simulated evidence is not signed by the simulator root key".into(),
+                )
+            })
     }
 }
 
@@ -130,7 +156,12 @@ mod tests {
     use super::*;
 
     fn claims() -> SimulatedClaims {
-        SimulatedClaims { measurement: [1; 48], config_digest: [2; 48], report_data: [3; 64], debug: false }
+        SimulatedClaims {
+            measurement: [1; 48],
+            config_digest: [2; 48],
+            report_data: [3; 64],
+            debug: false,
+        }
     }
 
     #[test]
@@ -147,6 +178,9 @@ mod tests {
         let other = SigningKey::from_bytes(&[9; 32]);
         let ev = SimulatedEvidence::sign(&claims(), &other);
         let parsed = SimulatedEvidence::from_bytes(ev.raw()).expect("parse");
-        assert!(matches!(parsed.verify_signature(), Err(VerifyError::Signature(_))));
+        assert!(matches!(
+            parsed.verify_signature(),
+            Err(VerifyError::Signature(_))
+        ));
     }
 }

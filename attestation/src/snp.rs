@@ -50,23 +50,39 @@ impl SnpReport {
     pub fn from_bytes(raw: &[u8]) -> Result<Self, ParseError> {
         const WHAT: &str = "SNP report";
         if raw.len() < REPORT_LEN {
-            return Err(ParseError::Truncated { what: WHAT, need: REPORT_LEN, have: raw.len() });
+            return Err(ParseError::Truncated {
+                what: WHAT,
+                need: REPORT_LEN,
+                have: raw.len(),
+            });
         }
         if raw.len() > REPORT_LEN {
-            return Err(ParseError::TrailingBytes { what: WHAT, extra: raw.len() - REPORT_LEN });
+            return Err(ParseError::TrailingBytes {
+                what: WHAT,
+                extra: raw.len() - REPORT_LEN,
+            });
         }
         let version = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         if !matches!(version, 2 | 3 | 5) {
-            return Err(ParseError::UnsupportedVersion { what: WHAT, version });
+            return Err(ParseError::UnsupportedVersion {
+                what: WHAT,
+                version,
+            });
         }
-        let report = AttestationReport::from_bytes(raw).map_err(|e| ParseError::malformed(WHAT, e.to_string()))?;
+        let report = AttestationReport::from_bytes(raw)
+            .map_err(|e| ParseError::malformed(WHAT, e.to_string()))?;
         if report.sig_algo != SIG_ALGO_ECDSA_P384_SHA384 {
-            return Err(ParseError::malformed(WHAT, format!("signature algorithm {} is not ECDSA P-384", report.sig_algo)));
+            return Err(ParseError::malformed(
+                WHAT,
+                format!("signature algorithm {} is not ECDSA P-384", report.sig_algo),
+            ));
         }
         // Canonical encoding: `sev` re-encodes the report to check its signature, writing zero
         // in every reserved field. Requiring the input to equal that encoding rejects non-zero
         // reserved bytes and makes the signature cover exactly the bytes we were given.
-        let canonical = report.to_bytes().map_err(|e| ParseError::malformed(WHAT, e.to_string()))?;
+        let canonical = report
+            .to_bytes()
+            .map_err(|e| ParseError::malformed(WHAT, e.to_string()))?;
         if let Some(offset) = canonical.iter().zip(raw).position(|(a, b)| a != b) {
             return Err(ParseError::malformed(
                 WHAT,
@@ -76,11 +92,20 @@ impl SnpReport {
         // R and S are 48-byte P-384 scalars stored zero-extended to 72 bytes: the high bytes
         // are not covered by the signature check, so they must be zero.
         for (name, start) in [("R", SIGNED_LEN), ("S", SIGNED_LEN + 72)] {
-            if raw.get(start + 48..start + 72).is_none_or(|high| high.iter().any(|b| *b != 0)) {
-                return Err(ParseError::malformed(WHAT, format!("signature {name} is not a zero-extended P-384 scalar")));
+            if raw
+                .get(start + 48..start + 72)
+                .is_none_or(|high| high.iter().any(|b| *b != 0))
+            {
+                return Err(ParseError::malformed(
+                    WHAT,
+                    format!("signature {name} is not a zero-extended P-384 scalar"),
+                ));
             }
         }
-        Ok(SnpReport { raw: raw.to_vec(), report })
+        Ok(SnpReport {
+            raw: raw.to_vec(),
+            report,
+        })
     }
 
     /// The bytes the report was decoded from.
@@ -106,7 +131,9 @@ impl SnpReport {
     pub fn product(&self) -> Option<&'static str> {
         match (self.report.cpuid_fam_id, self.report.cpuid_mod_id) {
             (Some(0x19), Some(m)) if m <= 0x0F => Some("Milan"),
-            (Some(0x19), Some(m)) if (0x10..=0x1F).contains(&m) || (0xA0..=0xAF).contains(&m) => Some("Genoa"),
+            (Some(0x19), Some(m)) if (0x10..=0x1F).contains(&m) || (0xA0..=0xAF).contains(&m) => {
+                Some("Genoa")
+            }
             (Some(0x1A), Some(m)) if m <= 0x1F || (0x90..=0xAF).contains(&m) => Some("Turin"),
             _ => None,
         }
@@ -150,7 +177,13 @@ pub struct TcbVersion {
 
 impl From<&sev::firmware::host::TcbVersion> for TcbVersion {
     fn from(t: &sev::firmware::host::TcbVersion) -> Self {
-        TcbVersion { fmc: t.fmc, bootloader: t.bootloader, tee: t.tee, snp: t.snp, microcode: t.microcode }
+        TcbVersion {
+            fmc: t.fmc,
+            bootloader: t.bootloader,
+            tee: t.tee,
+            snp: t.snp,
+            microcode: t.microcode,
+        }
     }
 }
 
@@ -159,7 +192,11 @@ impl std::fmt::Display for TcbVersion {
         if let Some(fmc) = self.fmc {
             write!(f, "fmc={fmc} ")?;
         }
-        write!(f, "bootloader={} tee={} snp={} microcode={}", self.bootloader, self.tee, self.snp, self.microcode)
+        write!(
+            f,
+            "bootloader={} tee={} snp={} microcode={}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )
     }
 }
 
@@ -171,15 +208,23 @@ pub fn parse_certificate(what: &'static str, bytes: &[u8]) -> Result<Certificate
     } else {
         Certificate::from_der(bytes)
     };
-    parsed.map_err(|e| ParseError::Certificate { what, reason: e.to_string() })
+    parsed.map_err(|e| ParseError::Certificate {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 /// Decode a PEM bundle of certificates (the ASK/ARK chain as AMD KDS serves it).
 pub fn parse_pem_chain(bytes: &[u8]) -> Result<Vec<Certificate>, ParseError> {
-    let certs = Certificate::load_pem_chain(bytes)
-        .map_err(|e| ParseError::Certificate { what: "chain", reason: e.to_string() })?;
+    let certs = Certificate::load_pem_chain(bytes).map_err(|e| ParseError::Certificate {
+        what: "chain",
+        reason: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(ParseError::Certificate { what: "chain", reason: "no PEM certificate found".into() });
+        return Err(ParseError::Certificate {
+            what: "chain",
+            reason: "no PEM certificate found".into(),
+        });
     }
     Ok(certs)
 }
@@ -196,7 +241,9 @@ pub(crate) struct SnpAuthenticated {
 }
 
 fn to_sev(cert: &Certificate) -> Result<SevCertificate, VerifyError> {
-    let der = cert.to_der().map_err(|e| VerifyError::CertificateChain(e.to_string()))?;
+    let der = cert
+        .to_der()
+        .map_err(|e| VerifyError::CertificateChain(e.to_string()))?;
     SevCertificate::from_der(&der).map_err(|e| VerifyError::CertificateChain(e.to_string()))
 }
 
@@ -238,7 +285,9 @@ fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
 
 /// An SPL extension holds a DER INTEGER in 0..=255.
 fn spl(cert: &Certificate, oid: &str, component: &'static str) -> Result<Option<u8>, VerifyError> {
-    let Some(value) = extension(cert, oid) else { return Ok(None) };
+    let Some(value) = extension(cert, oid) else {
+        return Ok(None);
+    };
     let int = x509_cert::der::asn1::Int::from_der(value)
         .map_err(|e| VerifyError::CertificateChain(format!("VCEK {component} extension: {e}")))?;
     let bytes = int.as_bytes();
@@ -246,7 +295,9 @@ fn spl(cert: &Certificate, oid: &str, component: &'static str) -> Result<Option<
     match significant.as_slice() {
         [] => Ok(Some(0)),
         [b] => Ok(Some(*b)),
-        _ => Err(VerifyError::CertificateChain(format!("VCEK {component} extension out of range"))),
+        _ => Err(VerifyError::CertificateChain(format!(
+            "VCEK {component} extension out of range"
+        ))),
     }
 }
 
@@ -257,6 +308,7 @@ pub(crate) fn verify_snp(
     vek: &Certificate,
     chain: &[Certificate],
     now: Timestamp,
+    chains: &ChainMemo,
 ) -> Result<SnpAuthenticated, VerifyError> {
     let key_kind = match report.signing_key() {
         0 => "VCEK",
@@ -267,7 +319,7 @@ pub(crate) fn verify_snp(
             )))
         }
     };
-    let (root, expires) = verify_endorsement_chain(vek, chain, now)?;
+    let (root, expires) = chains.verify(vek, chain, now)?;
     // The endorsement key is derived from a TCB: its extensions must name the reported TCB.
     let reported = TcbVersion::from(&report.report.reported_tcb);
     let checks: [(&str, &'static str, Option<u8>); 5] = [
@@ -280,14 +332,26 @@ pub(crate) fn verify_snp(
     for (oid, component, report_value) in checks {
         let cert_value = spl(vek, oid, component)?;
         match (cert_value, report_value) {
-            (Some(c), Some(r)) if c != r => return Err(VerifyError::TcbMismatch { component, cert: c, report: r }),
+            (Some(c), Some(r)) if c != r => {
+                return Err(VerifyError::TcbMismatch {
+                    component,
+                    cert: c,
+                    report: r,
+                })
+            }
             (Some(_), Some(_)) => {}
             (None, Some(r)) if component != "fmc" => {
                 return Err(VerifyError::CertificateChain(format!(
                     "{key_kind} lacks the {component} TCB extension (report says {r})"
                 )))
             }
-            (Some(c), None) => return Err(VerifyError::TcbMismatch { component, cert: c, report: 0 }),
+            (Some(c), None) => {
+                return Err(VerifyError::TcbMismatch {
+                    component,
+                    cert: c,
+                    report: 0,
+                })
+            }
             _ => {}
         }
     }
@@ -301,7 +365,10 @@ pub(crate) fn verify_snp(
             _ => false,
         };
         if !matches {
-            return Err(VerifyError::ChipIdMismatch { cert_hwid: hex_lower(hwid), chip_id: hex_lower(chip_id) });
+            return Err(VerifyError::ChipIdMismatch {
+                cert_hwid: hex_lower(hwid),
+                chip_id: hex_lower(chip_id),
+            });
         }
     }
     // Last, the signature: a chain for another chip or TCB is reported as such above.
@@ -310,7 +377,71 @@ pub(crate) fn verify_snp(
         .verify()
         .map_err(|e| VerifyError::Signature(e.to_string().to_lowercase()))?;
 
-    Ok(SnpAuthenticated { root, key_kind, expires })
+    Ok(SnpAuthenticated {
+        root,
+        key_kind,
+        expires,
+    })
+}
+
+/// Memo of endorsement chains already verified: the RSA-4096 signatures of ARK, ASK and VCEK are
+/// the same for every report of a chip, so a server checks them once. Keyed by the SHA-256 of
+/// the certificates; each use still re-checks every certificate's validity period at `now`.
+#[derive(Debug, Default)]
+pub struct ChainMemo {
+    verified:
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], (&'static str, Timestamp, Timestamp)>>,
+}
+
+/// How many verified chains a memo keeps (one per chip and TCB in practice).
+const CHAIN_MEMO_CAPACITY: usize = 1024;
+
+impl ChainMemo {
+    /// [`verify_endorsement_chain`], memoised.
+    pub fn verify(
+        &self,
+        vek: &Certificate,
+        chain: &[Certificate],
+        now: Timestamp,
+    ) -> Result<(&'static str, Timestamp), VerifyError> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for c in std::iter::once(vek).chain(chain) {
+            let der = c
+                .to_der()
+                .map_err(|e| VerifyError::CertificateChain(e.to_string()))?;
+            h.update((der.len() as u64).to_le_bytes());
+            h.update(&der);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        if let Some((root, not_before, not_after)) =
+            self.verified.lock().ok().and_then(|m| m.get(&key).copied())
+        {
+            if now >= not_before && now <= not_after {
+                return Ok((root, not_after));
+            }
+        }
+        let (root, expires) = verify_endorsement_chain(vek, chain, now)?;
+        // The memo holds the window in which every certificate of this chain is valid.
+        let not_before = std::iter::once(vek)
+            .chain(chain)
+            .map(|c| {
+                c.tbs_certificate
+                    .validity
+                    .not_before
+                    .to_unix_duration()
+                    .as_secs()
+            })
+            .max()
+            .unwrap_or(u64::MAX);
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= CHAIN_MEMO_CAPACITY {
+                m.clear();
+            }
+            m.insert(key, (root, Timestamp(not_before), expires));
+        }
+        Ok((root, expires))
+    }
 }
 
 /// Verify that `vek` (a VCEK or VLEK) chains to a pinned AMD root at `now`; returns the root's
@@ -340,9 +471,16 @@ pub fn verify_endorsement_chain(
     if arks.is_empty() {
         arks = builtin_arks.clone();
     }
-    let mut asks: Vec<Certificate> = chain.iter().filter(|c| !is_self_signed(c)).cloned().collect();
+    let mut asks: Vec<Certificate> = chain
+        .iter()
+        .filter(|c| !is_self_signed(c))
+        .cloned()
+        .collect();
     if asks.is_empty() {
-        asks = roots.iter().filter_map(|(_, _, ask)| Certificate::from_pem(*ask).ok()).collect();
+        asks = roots
+            .iter()
+            .filter_map(|(_, _, ask)| Certificate::from_pem(*ask).ok())
+            .collect();
     }
 
     let sev_vek = to_sev(vek)?;
@@ -356,7 +494,10 @@ pub fn verify_endorsement_chain(
             {
                 continue;
             }
-            let ca_chain = ca::Chain { ark: to_sev(ark)?, ask: to_sev(ask)? };
+            let ca_chain = ca::Chain {
+                ark: to_sev(ark)?,
+                ask: to_sev(ask)?,
+            };
             let result = (&ca_chain)
                 .verify()
                 .and_then(|sev_ask| (sev_ask, &sev_vek).verify());

@@ -56,20 +56,33 @@ impl TdxQuote {
     pub fn from_bytes(raw: &[u8]) -> Result<Self, ParseError> {
         const WHAT: &str = "TDX quote";
         if raw.len() < 48 {
-            return Err(ParseError::Truncated { what: WHAT, need: 48, have: raw.len() });
+            return Err(ParseError::Truncated {
+                what: WHAT,
+                need: 48,
+                have: raw.len(),
+            });
         }
         let quote = Quote::parse(raw).map_err(|e| ParseError::malformed(WHAT, e.to_string()))?;
         let header = &quote.header;
         if !matches!(header.version, 4 | 5) {
-            return Err(ParseError::UnsupportedVersion { what: WHAT, version: header.version.into() });
+            return Err(ParseError::UnsupportedVersion {
+                what: WHAT,
+                version: header.version.into(),
+            });
         }
         if header.tee_type != TEE_TYPE_TDX {
-            return Err(ParseError::malformed(WHAT, format!("TEE type {:#x} is not TDX", header.tee_type)));
+            return Err(ParseError::malformed(
+                WHAT,
+                format!("TEE type {:#x} is not TDX", header.tee_type),
+            ));
         }
         if header.attestation_key_type != ATT_KEY_TYPE_ECDSA_P256 {
             return Err(ParseError::malformed(
                 WHAT,
-                format!("attestation key type {} is not ECDSA P-256", header.attestation_key_type),
+                format!(
+                    "attestation key type {} is not ECDSA P-256",
+                    header.attestation_key_type
+                ),
             ));
         }
         if header.qe_vendor_id != INTEL_QE_VENDOR_ID {
@@ -80,15 +93,21 @@ impl TdxQuote {
             Report::TD15(_) => TdBodyType::Td15,
             Report::TD15Ex(_) => TdBodyType::Td15Ex,
             Report::SgxEnclave(_) => {
-                return Err(ParseError::malformed(WHAT, "body is an SGX enclave report, not a TD report"))
+                return Err(ParseError::malformed(
+                    WHAT,
+                    "body is an SGX enclave report, not a TD report",
+                ))
             }
         };
         // Exact framing: signed part, u32 signature-data length, signature data, nothing after.
         let signed = quote.signed_length();
-        let len_bytes = raw
-            .get(signed..signed + 4)
-            .ok_or(ParseError::Truncated { what: WHAT, need: signed + 4, have: raw.len() })?;
-        let sig_len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let len_bytes = raw.get(signed..signed + 4).ok_or(ParseError::Truncated {
+            what: WHAT,
+            need: signed + 4,
+            have: raw.len(),
+        })?;
+        let sig_len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
         let total = signed + 4 + sig_len;
         // The signature data is ECDSA signature (64) ‖ attestation key (64) ‖ certification data
         // (u16 type, u32 size, data): its declared length must be exactly that.
@@ -96,32 +115,54 @@ impl TdxQuote {
         let cert_size = raw
             .get(cert_header + 2..cert_header + 6)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or(ParseError::Truncated { what: WHAT, need: cert_header + 6, have: raw.len() })?;
-        let cert_type = raw.get(cert_header..cert_header + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+            .ok_or(ParseError::Truncated {
+                what: WHAT,
+                need: cert_header + 6,
+                have: raw.len(),
+            })?;
+        let cert_type = raw
+            .get(cert_header..cert_header + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]));
         if cert_type != Some(QE_REPORT_CERT_DATA) {
             return Err(ParseError::malformed(
                 WHAT,
-                format!("certification data type {cert_type:?} is not QE report certification data (6)"),
+                format!(
+                    "certification data type {cert_type:?} is not QE report certification data (6)"
+                ),
             ));
         }
         if sig_len != 128 + 6 + cert_size {
             return Err(ParseError::malformed(
                 WHAT,
-                format!("signature data length {sig_len} does not match its content ({})", 128 + 6 + cert_size),
+                format!(
+                    "signature data length {sig_len} does not match its content ({})",
+                    128 + 6 + cert_size
+                ),
             ));
         }
         if raw.len() < total {
-            return Err(ParseError::Truncated { what: WHAT, need: total, have: raw.len() });
+            return Err(ParseError::Truncated {
+                what: WHAT,
+                need: total,
+                have: raw.len(),
+            });
         }
         // Quote-generation services hand out quotes in fixed-size buffers, so real quotes often
         // end in zero padding (the dcap-qvl and tdx-quote samples carry 70 bytes of it). Zero
         // padding is accepted; any non-zero byte after the signature data is not.
         if let Some(extra) = raw.get(total..) {
             if extra.iter().any(|b| *b != 0) {
-                return Err(ParseError::TrailingBytes { what: WHAT, extra: extra.len() });
+                return Err(ParseError::TrailingBytes {
+                    what: WHAT,
+                    extra: extra.len(),
+                });
             }
         }
-        Ok(TdxQuote { raw: raw.to_vec(), quote, body_type })
+        Ok(TdxQuote {
+            raw: raw.to_vec(),
+            quote,
+            body_type,
+        })
     }
 
     /// The bytes the quote was decoded from.
@@ -141,13 +182,16 @@ impl TdxQuote {
 
     /// The FMSPC and CA of the PCK certificate embedded in the quote, for fetching collateral.
     pub fn pck_chain_pem(&self) -> Result<&[u8], ParseError> {
-        self.quote.raw_cert_chain().map_err(|e| ParseError::malformed("TDX quote certification data", e.to_string()))
+        self.quote
+            .raw_cert_chain()
+            .map_err(|e| ParseError::malformed("TDX quote certification data", e.to_string()))
     }
 }
 
 /// Parse Intel collateral in the PCS / `dcap-qvl` JSON format.
 pub fn parse_collateral(json: &[u8]) -> Result<QuoteCollateralV3, ParseError> {
-    serde_json::from_slice(json).map_err(|e| ParseError::Collateral(format!("not dcap-qvl/PCS collateral JSON: {e}")))
+    serde_json::from_slice(json)
+        .map_err(|e| ParseError::Collateral(format!("not dcap-qvl/PCS collateral JSON: {e}")))
 }
 
 /// Issue dates of the signed JSON collateral (TCB info, QE identity).
@@ -157,10 +201,12 @@ pub(crate) struct CollateralDates {
     pub issued: Timestamp,
 }
 
-pub(crate) fn collateral_dates(collateral: &QuoteCollateralV3) -> Result<CollateralDates, ParseError> {
+pub(crate) fn collateral_dates(
+    collateral: &QuoteCollateralV3,
+) -> Result<CollateralDates, ParseError> {
     fn issue_date(what: &str, json: &str) -> Result<Timestamp, ParseError> {
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| ParseError::Collateral(format!("{what}: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| ParseError::Collateral(format!("{what}: {e}")))?;
         let date = value
             .get("issueDate")
             .and_then(|d| d.as_str())
@@ -169,7 +215,9 @@ pub(crate) fn collateral_dates(collateral: &QuoteCollateralV3) -> Result<Collate
     }
     let tcb = issue_date("TCB info", &collateral.tcb_info)?;
     let qe = issue_date("QE identity", &collateral.qe_identity)?;
-    Ok(CollateralDates { issued: tcb.min(qe) })
+    Ok(CollateralDates {
+        issued: tcb.min(qe),
+    })
 }
 
 /// Run the full DCAP verification at `now`, with no TCB policy applied yet.
@@ -180,7 +228,12 @@ pub(crate) fn verify_dcap(
 ) -> Result<QuoteClaims, VerifyError> {
     QuoteVerifier::new_prod()
         .with_config::<dcap_qvl::configs::RingConfig>()
-        .verify_with_policy(quote.raw(), collateral, now.secs(), &QuotePolicy::claims_only(now.secs()))
+        .verify_with_policy(
+            quote.raw(),
+            collateral,
+            now.secs(),
+            &QuotePolicy::claims_only(now.secs()),
+        )
         .map_err(|e| classify_dcap_error(&format!("{e:#}")))
 }
 
@@ -190,7 +243,10 @@ fn classify_dcap_error(message: &str) -> VerifyError {
     let text = lowercase_first(message);
     if lower.contains("no matching tcb level") {
         VerifyError::NoMatchingTcbLevel
-    } else if lower.contains("expired") || lower.contains("in the future") || lower.contains("not yet valid") {
+    } else if lower.contains("expired")
+        || lower.contains("in the future")
+        || lower.contains("not yet valid")
+    {
         VerifyError::CollateralNotValidAt(text)
     } else {
         VerifyError::Dcap(text)
@@ -201,7 +257,11 @@ fn lowercase_first(s: &str) -> String {
     let mut chars = s.chars();
     match (chars.next(), chars.next()) {
         // Keep acronyms ("TCBInfo", "QE") as they are.
-        (Some(c), Some(d)) if d.is_lowercase() => c.to_lowercase().chain(std::iter::once(d)).chain(chars).collect(),
+        (Some(c), Some(d)) if d.is_lowercase() => c
+            .to_lowercase()
+            .chain(std::iter::once(d))
+            .chain(chars)
+            .collect(),
         _ => s.to_string(),
     }
 }

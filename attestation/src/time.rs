@@ -26,8 +26,11 @@ impl Timestamp {
                 .map(Timestamp)
                 .map_err(|_| ParseError::Time(format!("unix seconds out of range: {text}")));
         }
-        let parsed = OffsetDateTime::parse(text, &Rfc3339)
-            .map_err(|e| ParseError::Time(format!("{text:?} is neither RFC 3339 nor unix seconds: {e}")))?;
+        let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+            ParseError::Time(format!(
+                "{text:?} is neither RFC 3339 nor unix seconds: {e}"
+            ))
+        })?;
         u64::try_from(parsed.unix_timestamp())
             .map(Timestamp)
             .map_err(|_| ParseError::Time(format!("{text:?} is before 1970")))
@@ -65,12 +68,24 @@ mod tests {
 
     #[test]
     fn parses_both_forms() {
-        assert_eq!(Timestamp::parse("1750377600").ok(), Some(Timestamp(1_750_377_600)));
-        assert_eq!(Timestamp::parse("2025-06-20T00:00:00Z").ok(), Some(Timestamp(1_750_377_600)));
-        assert_eq!(Timestamp::parse("2025-06-20T02:00:00+02:00").ok(), Some(Timestamp(1_750_377_600)));
+        assert_eq!(
+            Timestamp::parse("1750377600").ok(),
+            Some(Timestamp(1_750_377_600))
+        );
+        assert_eq!(
+            Timestamp::parse("2025-06-20T00:00:00Z").ok(),
+            Some(Timestamp(1_750_377_600))
+        );
+        assert_eq!(
+            Timestamp::parse("2025-06-20T02:00:00+02:00").ok(),
+            Some(Timestamp(1_750_377_600))
+        );
         assert!(Timestamp::parse("yesterday").is_err());
         assert!(Timestamp::parse("").is_err());
         assert!(Timestamp::parse("1969-12-31T23:59:59Z").is_err());
-        assert_eq!(Timestamp(1_750_377_600).to_rfc3339(), "2025-06-20T00:00:00Z");
+        assert_eq!(
+            Timestamp(1_750_377_600).to_rfc3339(),
+            "2025-06-20T00:00:00Z"
+        );
     }
 }

@@ -56,14 +56,24 @@ impl Endorsements {
         let tdx_collateral = bundle
             .tdx_collateral
             .as_ref()
-            .map(|v| serde_json::from_value(v.clone()).map_err(|e| ParseError::Collateral(e.to_string())))
+            .map(|v| {
+                serde_json::from_value(v.clone()).map_err(|e| ParseError::Collateral(e.to_string()))
+            })
             .transpose()?;
-        let vcek = bundle.vcek.as_deref().map(|p| snp::parse_certificate("VCEK", p.as_bytes())).transpose()?;
+        let vcek = bundle
+            .vcek
+            .as_deref()
+            .map(|p| snp::parse_certificate("VCEK", p.as_bytes()))
+            .transpose()?;
         let cert_chain = match bundle.cert_chain.as_deref() {
             Some(pem) => snp::parse_pem_chain(pem.as_bytes())?,
             None => Vec::new(),
         };
-        Ok(Endorsements { tdx_collateral, vcek, cert_chain })
+        Ok(Endorsements {
+            tdx_collateral,
+            vcek,
+            cert_chain,
+        })
     }
 }
 
@@ -263,13 +273,22 @@ impl VerifiedEvidence {
 /// The verifier. Stateless; trust anchors are Intel's SGX root CA (inside `dcap-qvl`), AMD's
 /// Milan/Genoa/Turin ARKs (inside `sev`) and the simulator root key.
 #[derive(Clone, Debug, Default)]
-pub struct Verifier {}
+pub struct Verifier {
+    snp_chains: std::sync::Arc<snp::ChainMemo>,
+}
 
-fn allow_list<const N: usize>(field: &'static str, value: &[u8; N], allowed: &[[u8; N]]) -> Result<(), PolicyViolation> {
+fn allow_list<const N: usize>(
+    field: &'static str,
+    value: &[u8; N],
+    allowed: &[[u8; N]],
+) -> Result<(), PolicyViolation> {
     if allowed.iter().any(|a| a == value) {
         Ok(())
     } else {
-        Err(PolicyViolation::NotAllowed { field, value: hex_lower(value) })
+        Err(PolicyViolation::NotAllowed {
+            field,
+            value: hex_lower(value),
+        })
     }
 }
 
@@ -294,7 +313,9 @@ pub(crate) fn ensure_tdx_not_debug(td_attributes: u64) -> Result<(), PolicyViola
 /// Debuggable SNP guests are always rejected.
 pub(crate) fn ensure_snp_not_debug(policy_bits: u64) -> Result<(), PolicyViolation> {
     if policy_bits & snp::POLICY_DEBUG != 0 {
-        return Err(PolicyViolation::DebugEnabled("SNP guest POLICY.DEBUG is set"));
+        return Err(PolicyViolation::DebugEnabled(
+            "SNP guest POLICY.DEBUG is set",
+        ));
     }
     Ok(())
 }
@@ -311,7 +332,10 @@ pub(crate) fn evaluate_tcb_status(
     if policy.tcb.accepted.contains(&status) {
         return Ok(false);
     }
-    let out_of_date = matches!(status, TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded);
+    let out_of_date = matches!(
+        status,
+        TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded
+    );
     match policy.tcb.grace_days {
         Some(days) if out_of_date => {
             if tcb_date.secs().saturating_add(u64::from(days) * DAY) >= now.secs() {
@@ -326,7 +350,13 @@ pub(crate) fn evaluate_tcb_status(
         }
         _ => Err(PolicyViolation::TcbStatusNotAccepted {
             status: status.to_string(),
-            accepted: policy.tcb.accepted.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+            accepted: policy
+                .tcb
+                .accepted
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
@@ -334,7 +364,7 @@ pub(crate) fn evaluate_tcb_status(
 impl Verifier {
     /// A verifier with the built-in trust anchors.
     pub fn new() -> Self {
-        Verifier {}
+        Verifier::default()
     }
 
     /// Verify `evidence` with its `endorsements` against `policy` at time `now`.
@@ -371,10 +401,14 @@ impl Verifier {
         policy: &Policy,
         now: Timestamp,
     ) -> Result<VerifiedEvidence, VerifyError> {
-        let collateral = endorsements
-            .tdx_collateral
-            .as_ref()
-            .ok_or(VerifyError::MissingEndorsement { platform: Platform::Tdx, what: "Intel collateral (--collateral)" })?;
+        let collateral =
+            endorsements
+                .tdx_collateral
+                .as_ref()
+                .ok_or(VerifyError::MissingEndorsement {
+                    platform: Platform::Tdx,
+                    what: "Intel collateral (--collateral)",
+                })?;
         let claims = tdx::verify_dcap(quote, collateral, now)?;
         let td10 = claims
             .report
@@ -408,12 +442,13 @@ impl Verifier {
         let status = claims.tcb.status;
         let tcb_date = Timestamp(claims.platform.tcb_date_tag);
         let in_grace_window = evaluate_tcb_status(status, tcb_date, policy, now)?;
-        if let Some(id) = claims
-            .tcb
-            .advisory_ids
-            .iter()
-            .find(|id| policy.tcb.rejected_advisories.iter().any(|r| r.eq_ignore_ascii_case(id)))
-        {
+        if let Some(id) = claims.tcb.advisory_ids.iter().find(|id| {
+            policy
+                .tcb
+                .rejected_advisories
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(id))
+        }) {
             return Err(PolicyViolation::AdvisoryRejected(id.clone()).into());
         }
         let mut expires_at = Timestamp(claims.earliest_expiration_date);
@@ -421,14 +456,20 @@ impl Verifier {
             let issued = tdx::collateral_dates(collateral)?.issued;
             let limit = issued.secs().saturating_add(u64::from(days) * DAY);
             if limit < now.secs() {
-                return Err(PolicyViolation::CollateralTooOld { issued: issued.to_rfc3339(), max_age_days: days }.into());
+                return Err(PolicyViolation::CollateralTooOld {
+                    issued: issued.to_rfc3339(),
+                    max_age_days: days,
+                }
+                .into());
             }
             expires_at = expires_at.min(Timestamp(limit));
         }
 
         if let Some(rules) = &policy.tdx {
             if rules.require_sept_ve_disable && attributes & tdx::TD_ATTR_SEPT_VE_DISABLE == 0 {
-                return Err(PolicyViolation::AttributeRequired("TD_ATTRIBUTES.SEPT_VE_DISABLE").into());
+                return Err(
+                    PolicyViolation::AttributeRequired("TD_ATTRIBUTES.SEPT_VE_DISABLE").into(),
+                );
             }
             if let Some(allowed) = &rules.mr_seam {
                 allow_list("mr_seam", &m.mr_seam, allowed)?;
@@ -453,7 +494,12 @@ impl Verifier {
                 if !sets.iter().any(|set| set == &m.rtmr) {
                     return Err(PolicyViolation::NotAllowed {
                         field: "rtmr",
-                        value: m.rtmr.iter().map(|r| hex_lower(r)).collect::<Vec<_>>().join(","),
+                        value: m
+                            .rtmr
+                            .iter()
+                            .map(|r| hex_lower(r))
+                            .collect::<Vec<_>>()
+                            .join(","),
                     }
                     .into());
                 }
@@ -486,8 +532,11 @@ impl Verifier {
         let vek = endorsements
             .vcek
             .as_ref()
-            .ok_or(VerifyError::MissingEndorsement { platform: Platform::Snp, what: "the VCEK or VLEK certificate (--vcek)" })?;
-        let auth = snp::verify_snp(report, vek, &endorsements.cert_chain, now)?;
+            .ok_or(VerifyError::MissingEndorsement {
+                platform: Platform::Snp,
+                what: "the VCEK or VLEK certificate (--vcek)",
+            })?;
+        let auth = snp::verify_snp(report, vek, &endorsements.cert_chain, now, &self.snp_chains)?;
         let r = &report.report;
         let policy_bits = report.policy_bits();
         ensure_snp_not_debug(policy_bits)?;
@@ -511,10 +560,16 @@ impl Verifier {
         };
         if let Some(rules) = &policy.snp {
             if !rules.allow_smt && policy_bits & snp::POLICY_SMT != 0 {
-                return Err(PolicyViolation::AttributeForbidden("SNP guest POLICY.SMT (SMT allowed)").into());
+                return Err(PolicyViolation::AttributeForbidden(
+                    "SNP guest POLICY.SMT (SMT allowed)",
+                )
+                .into());
             }
             if !rules.allow_migration_agent && policy_bits & snp::POLICY_MIGRATE_MA != 0 {
-                return Err(PolicyViolation::AttributeForbidden("SNP guest POLICY.MIGRATE_MA (migration agent allowed)").into());
+                return Err(PolicyViolation::AttributeForbidden(
+                    "SNP guest POLICY.MIGRATE_MA (migration agent allowed)",
+                )
+                .into());
             }
             if let Some(min) = &rules.min_tcb {
                 let pairs = [
@@ -613,17 +668,29 @@ mod tests {
     const M: &str = "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
 
     fn policy(tcb: &str) -> Policy {
-        Policy::from_toml(&format!("version = 1\nplatforms = [\"tdx\"]\n[tcb]\n{tcb}\n[tdx]\nmr_td = [\"{M}\"]\n")).expect("policy")
+        Policy::from_toml(&format!(
+            "version = 1\nplatforms = [\"tdx\"]\n[tcb]\n{tcb}\n[tdx]\nmr_td = [\"{M}\"]\n"
+        ))
+        .expect("policy")
     }
 
     #[test]
     fn debug_bits_are_always_rejected() {
         assert!(ensure_tdx_not_debug(0).is_ok());
         assert!(ensure_tdx_not_debug(tdx::TD_ATTR_SEPT_VE_DISABLE).is_ok());
-        assert!(matches!(ensure_tdx_not_debug(1), Err(PolicyViolation::DebugEnabled(_))));
-        assert!(matches!(ensure_tdx_not_debug(1 | tdx::TD_ATTR_SEPT_VE_DISABLE), Err(PolicyViolation::DebugEnabled(_))));
+        assert!(matches!(
+            ensure_tdx_not_debug(1),
+            Err(PolicyViolation::DebugEnabled(_))
+        ));
+        assert!(matches!(
+            ensure_tdx_not_debug(1 | tdx::TD_ATTR_SEPT_VE_DISABLE),
+            Err(PolicyViolation::DebugEnabled(_))
+        ));
         assert!(ensure_snp_not_debug(0x30000).is_ok());
-        assert!(matches!(ensure_snp_not_debug(0x30000 | (1 << 19)), Err(PolicyViolation::DebugEnabled(_))));
+        assert!(matches!(
+            ensure_snp_not_debug(0x30000 | (1 << 19)),
+            Err(PolicyViolation::DebugEnabled(_))
+        ));
     }
 
     #[test]
@@ -631,19 +698,57 @@ mod tests {
         let day = 86_400;
         let now = Timestamp(1_750_000_000);
         let strict = policy("");
-        assert_eq!(evaluate_tcb_status(TcbStatus::UpToDate, now, &strict, now), Ok(false));
-        for s in [TcbStatus::OutOfDate, TcbStatus::SWHardeningNeeded, TcbStatus::ConfigurationNeeded, TcbStatus::Revoked] {
-            assert!(matches!(evaluate_tcb_status(s, now, &strict, now), Err(PolicyViolation::TcbStatusNotAccepted { .. })), "{s}");
+        assert_eq!(
+            evaluate_tcb_status(TcbStatus::UpToDate, now, &strict, now),
+            Ok(false)
+        );
+        for s in [
+            TcbStatus::OutOfDate,
+            TcbStatus::SWHardeningNeeded,
+            TcbStatus::ConfigurationNeeded,
+            TcbStatus::Revoked,
+        ] {
+            assert!(
+                matches!(
+                    evaluate_tcb_status(s, now, &strict, now),
+                    Err(PolicyViolation::TcbStatusNotAccepted { .. })
+                ),
+                "{s}"
+            );
         }
         let sw = policy("accepted_statuses = [\"UpToDate\", \"SWHardeningNeeded\"]");
-        assert_eq!(evaluate_tcb_status(TcbStatus::SWHardeningNeeded, now, &sw, now), Ok(false));
+        assert_eq!(
+            evaluate_tcb_status(TcbStatus::SWHardeningNeeded, now, &sw, now),
+            Ok(false)
+        );
         let grace = policy("out_of_date_grace_days = 30");
         // Inside the window: accepted, and flagged as such.
-        assert_eq!(evaluate_tcb_status(TcbStatus::OutOfDate, Timestamp(now.0 - 29 * day), &grace, now), Ok(true));
-        assert_eq!(evaluate_tcb_status(TcbStatus::OutOfDateConfigurationNeeded, Timestamp(now.0 - 30 * day), &grace, now), Ok(true));
+        assert_eq!(
+            evaluate_tcb_status(
+                TcbStatus::OutOfDate,
+                Timestamp(now.0 - 29 * day),
+                &grace,
+                now
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            evaluate_tcb_status(
+                TcbStatus::OutOfDateConfigurationNeeded,
+                Timestamp(now.0 - 30 * day),
+                &grace,
+                now
+            ),
+            Ok(true)
+        );
         // Past it: rejected.
         assert!(matches!(
-            evaluate_tcb_status(TcbStatus::OutOfDate, Timestamp(now.0 - 31 * day), &grace, now),
+            evaluate_tcb_status(
+                TcbStatus::OutOfDate,
+                Timestamp(now.0 - 31 * day),
+                &grace,
+                now
+            ),
             Err(PolicyViolation::OutOfDateBeyondGrace { grace_days: 30, .. })
         ));
         // The window is for OutOfDate only.

@@ -23,7 +23,12 @@ fn tdx_signed_region(quote: &[u8]) -> std::ops::Range<usize> {
     0..signed + 4 + 64 + 64 + 6 + 384 + 64
 }
 
-fn flip_all(case: &Case, region: std::ops::Range<usize>, policy: &Policy, baseline: &Result<(), VerifyError>) -> usize {
+fn flip_all(
+    case: &Case,
+    region: std::ops::Range<usize>,
+    policy: &Policy,
+    baseline: &Result<(), VerifyError>,
+) -> usize {
     let mut count = 0;
     for offset in region {
         for mask in [0x01u8, 0x80] {
@@ -33,7 +38,10 @@ fn flip_all(case: &Case, region: std::ops::Range<usize>, policy: &Policy, baseli
             match (&r, baseline) {
                 (Ok(_), _) => panic!("{}: byte {offset:#x} ^ {mask:#x} was accepted", case.name),
                 (Err(e), Err(b)) if e == b => {
-                    panic!("{}: byte {offset:#x} ^ {mask:#x} was caught only as {e}", case.name)
+                    panic!(
+                        "{}: byte {offset:#x} ^ {mask:#x} was caught only as {e}",
+                        case.name
+                    )
                 }
                 _ => count += 1,
             }
@@ -47,10 +55,19 @@ fn every_tdx_mutation_is_rejected() {
     let policy = Policy::baseline();
     let mut cases = vec![tdx_v4(), tdx_v5_td15ex()];
     for (name, file) in [
-        ("tdx-quote known_pck_quote_1", "tdx-quote/known_pck_quote_1.dat"),
-        ("tdx-quote known_pck_quote_2", "tdx-quote/known_pck_quote_2.dat"),
+        (
+            "tdx-quote known_pck_quote_1",
+            "tdx-quote/known_pck_quote_1.dat",
+        ),
+        (
+            "tdx-quote known_pck_quote_2",
+            "tdx-quote/known_pck_quote_2.dat",
+        ),
         ("dcap-qvl tdx-quote.hex", "dcap-qvl/tdx-quote.hex"),
-        ("dcap-qvl quote-from-tappd.hex", "dcap-qvl/quote-from-tappd.hex"),
+        (
+            "dcap-qvl quote-from-tappd.hex",
+            "dcap-qvl/quote-from-tappd.hex",
+        ),
     ] {
         let mut c = tdx_v4();
         c.name = name;
@@ -95,7 +112,12 @@ fn every_snp_mutation_is_rejected() {
 fn every_simulated_mutation_is_rejected() {
     use chrysalis_attestation::simulated::*;
     let ev = SimulatedEvidence::sign(
-        &SimulatedClaims { measurement: [1; 48], config_digest: [2; 48], report_data: [3; 64], debug: false },
+        &SimulatedClaims {
+            measurement: [1; 48],
+            config_digest: [2; 48],
+            report_data: [3; 64],
+            debug: false,
+        },
         &root_signing_key(),
     );
     let policy = Policy::baseline().allow_simulated();

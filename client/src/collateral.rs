@@ -29,10 +29,17 @@ pub const AMD_KDS_URL: &str = "https://kdsintf.amd.com";
 pub enum CollateralError {
     /// Offline mode and nothing usable cached.
     #[error("no cached {what} and --offline forbids fetching it; pass it as a file ({flag})")]
-    NotCached { what: &'static str, flag: &'static str },
+    NotCached {
+        what: &'static str,
+        flag: &'static str,
+    },
     /// The network fetch failed.
     #[error("fetching {what} from {url} failed: {reason}")]
-    Fetch { what: &'static str, url: String, reason: String },
+    Fetch {
+        what: &'static str,
+        url: String,
+        reason: String,
+    },
     /// The cache could not be read or written.
     #[error("collateral cache {path}: {source}")]
     Io {
@@ -83,20 +90,38 @@ impl CollateralStore {
     }
 
     fn tdx_path(&self, quote: &TdxQuote) -> Result<PathBuf, CollateralError> {
-        let chain = quote.pck_chain_pem().map_err(|e| CollateralError::Evidence(e.to_string()))?;
-        Ok(self.dir.join(format!("tdx-{}.json", hex::encode(Sha256::digest(chain)))))
+        let chain = quote
+            .pck_chain_pem()
+            .map_err(|e| CollateralError::Evidence(e.to_string()))?;
+        Ok(self
+            .dir
+            .join(format!("tdx-{}.json", hex::encode(Sha256::digest(chain)))))
     }
 
     /// Store Intel collateral for this quote's platform.
-    pub fn put_tdx(&self, quote: &TdxQuote, collateral: &QuoteCollateralV3) -> Result<(), CollateralError> {
+    pub fn put_tdx(
+        &self,
+        quote: &TdxQuote,
+        collateral: &QuoteCollateralV3,
+    ) -> Result<(), CollateralError> {
         let expires_at = tdx_expiry(collateral).map_err(CollateralError::Evidence)?;
-        let entry = CachedTdx { expires_at: expires_at.secs(), collateral: collateral.clone() };
+        let entry = CachedTdx {
+            expires_at: expires_at.secs(),
+            collateral: collateral.clone(),
+        };
         let path = self.tdx_path(quote)?;
-        write_atomic(&path, serde_json::to_vec(&entry).unwrap_or_default().as_slice())
+        write_atomic(
+            &path,
+            serde_json::to_vec(&entry).unwrap_or_default().as_slice(),
+        )
     }
 
     /// Cached Intel collateral for this quote still valid at `now`, else fetched (unless offline).
-    pub fn tdx(&self, quote: &TdxQuote, now: Timestamp) -> Result<QuoteCollateralV3, CollateralError> {
+    pub fn tdx(
+        &self,
+        quote: &TdxQuote,
+        now: Timestamp,
+    ) -> Result<QuoteCollateralV3, CollateralError> {
         let path = self.tdx_path(quote)?;
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(entry) = serde_json::from_slice::<CachedTdx>(&bytes) {
@@ -108,7 +133,10 @@ impl CollateralStore {
             }
         }
         if self.offline {
-            return Err(CollateralError::NotCached { what: "Intel collateral", flag: "--collateral" });
+            return Err(CollateralError::NotCached {
+                what: "Intel collateral",
+                flag: "--collateral",
+            });
         }
         let collateral = self.fetch_tdx(quote)?;
         self.put_tdx(quote, &collateral)?;
@@ -118,12 +146,18 @@ impl CollateralStore {
     fn fetch_tdx(&self, quote: &TdxQuote) -> Result<QuoteCollateralV3, CollateralError> {
         let url = self.pccs_url.clone();
         tracing::info!(%url, "fetching intel collateral");
-        let fetch_err = |reason: String| CollateralError::Fetch { what: "Intel collateral", url: url.clone(), reason };
+        let fetch_err = |reason: String| CollateralError::Fetch {
+            what: "Intel collateral",
+            url: url.clone(),
+            reason,
+        };
         let client = dcap_qvl::collateral::CollateralClient::with_default_http(url.clone())
             .map_err(|e| fetch_err(e.to_string()))?;
         runtime()
             .map_err(|e| fetch_err(e.to_string()))?
-            .block_on(async { tokio::time::timeout(Duration::from_secs(60), client.fetch(quote.raw())).await })
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(60), client.fetch(quote.raw())).await
+            })
             .map_err(|_| fetch_err("timed out after 60 s".into()))?
             .map_err(|e| fetch_err(format!("{e:#}")))
     }
@@ -137,13 +171,18 @@ impl CollateralStore {
         };
         let mut last = None;
         for product in products {
-            let vcek_path = self.dir.join(format!("snp-{}.der", vcek_cache_name(product, &query)));
+            let vcek_path = self
+                .dir
+                .join(format!("snp-{}.der", vcek_cache_name(product, &query)));
             let chain_path = self.dir.join(format!("snp-{product}-cert_chain.pem"));
             if let Ok(der) = std::fs::read(&vcek_path) {
                 return Ok((der, std::fs::read(&chain_path).ok()));
             }
             if self.offline {
-                last = Some(CollateralError::NotCached { what: "VCEK", flag: "--vcek" });
+                last = Some(CollateralError::NotCached {
+                    what: "VCEK",
+                    flag: "--vcek",
+                });
                 continue;
             }
             match self.fetch_snp(product, &query) {
@@ -158,29 +197,53 @@ impl CollateralStore {
         Err(last.unwrap_or(CollateralError::Evidence("unknown SNP product".into())))
     }
 
-    fn fetch_snp(&self, product: &str, query: &KdsQuery) -> Result<(Vec<u8>, Vec<u8>), CollateralError> {
+    fn fetch_snp(
+        &self,
+        product: &str,
+        query: &KdsQuery,
+    ) -> Result<(Vec<u8>, Vec<u8>), CollateralError> {
         let vcek_url = kds_vcek_url(&self.kds_url, product, query);
         let chain_url = format!("{}/vcek/v1/{product}/cert_chain", self.kds_url);
-        let rt = runtime().map_err(|e| CollateralError::Fetch { what: "VCEK", url: vcek_url.clone(), reason: e.to_string() })?;
+        let rt = runtime().map_err(|e| CollateralError::Fetch {
+            what: "VCEK",
+            url: vcek_url.clone(),
+            reason: e.to_string(),
+        })?;
         let get = |url: String, what: &'static str| -> Result<Vec<u8>, CollateralError> {
             tracing::info!(%url, "fetching from AMD KDS");
             rt.block_on(async {
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(30))
                     .build()
-                    .map_err(|e| CollateralError::Fetch { what, url: url.clone(), reason: e.to_string() })?;
+                    .map_err(|e| CollateralError::Fetch {
+                        what,
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
                 let resp = client
                     .get(&url)
                     .send()
                     .await
-                    .map_err(|e| CollateralError::Fetch { what, url: url.clone(), reason: e.to_string() })?;
+                    .map_err(|e| CollateralError::Fetch {
+                        what,
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
                 if !resp.status().is_success() {
-                    return Err(CollateralError::Fetch { what, url: url.clone(), reason: format!("HTTP {}", resp.status()) });
+                    return Err(CollateralError::Fetch {
+                        what,
+                        url: url.clone(),
+                        reason: format!("HTTP {}", resp.status()),
+                    });
                 }
                 resp.bytes()
                     .await
                     .map(|b| b.to_vec())
-                    .map_err(|e| CollateralError::Fetch { what, url: url.clone(), reason: e.to_string() })
+                    .map_err(|e| CollateralError::Fetch {
+                        what,
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })
             })
         };
         Ok((get(vcek_url, "VCEK")?, get(chain_url, "ASK/ARK chain")?))
@@ -193,11 +256,16 @@ impl CollateralStore {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CollateralError> {
-    let io = |source| CollateralError::Io { path: path.to_path_buf(), source };
+    let io = |source| CollateralError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
@@ -209,8 +277,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CollateralError> {
 /// The earliest `nextUpdate` of the signed JSON collateral.
 pub fn tdx_expiry(collateral: &QuoteCollateralV3) -> Result<Timestamp, String> {
     let next = |what: &str, json: &str| -> Result<Timestamp, String> {
-        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("{what}: {e}"))?;
-        let d = v.get("nextUpdate").and_then(|d| d.as_str()).ok_or_else(|| format!("{what} has no nextUpdate"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("{what}: {e}"))?;
+        let d = v
+            .get("nextUpdate")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| format!("{what} has no nextUpdate"))?;
         Timestamp::parse(d).map_err(|e| e.to_string())
     };
     Ok(next("TCB info", &collateral.tcb_info)?.min(next("QE identity", &collateral.qe_identity)?))
@@ -264,13 +336,28 @@ mod tests {
     fn kds_urls() {
         let mut q = KdsQuery {
             chip_id: [0xab; 64],
-            reported_tcb: TcbVersion { fmc: None, bootloader: 3, tee: 0, snp: 8, microcode: 115 },
+            reported_tcb: TcbVersion {
+                fmc: None,
+                bootloader: 3,
+                tee: 0,
+                snp: 8,
+                microcode: 115,
+            },
             product: Some("Milan"),
         };
         let url = kds_vcek_url(AMD_KDS_URL, "Milan", &q);
-        assert_eq!(url, format!("{AMD_KDS_URL}/vcek/v1/Milan/{}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115", "ab".repeat(64)));
+        assert_eq!(
+            url,
+            format!(
+                "{AMD_KDS_URL}/vcek/v1/Milan/{}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115",
+                "ab".repeat(64)
+            )
+        );
         q.reported_tcb.fmc = Some(1);
         let url = kds_vcek_url(AMD_KDS_URL, "Turin", &q);
-        assert!(url.contains(&format!("/Turin/{}?", "ab".repeat(8))) && url.ends_with("&fmcSPL=1"), "{url}");
+        assert!(
+            url.contains(&format!("/Turin/{}?", "ab".repeat(8))) && url.ends_with("&fmcSPL=1"),
+            "{url}"
+        );
     }
 }

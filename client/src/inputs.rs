@@ -24,7 +24,10 @@ pub struct UsageError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, UsageError> {
-    std::fs::read(path).map_err(|e| UsageError { path: path.display().to_string(), reason: e.to_string() })
+    std::fs::read(path).map_err(|e| UsageError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Decode evidence file content: an evidence bundle (JSON), or a raw quote/report as binary or
@@ -40,7 +43,9 @@ pub fn decode_evidence(content: &[u8]) -> Result<(Evidence, Option<EvidenceBundl
 
 /// Read the evidence file. `Err(UsageError)` if it cannot be read; `Ok(Err(_))` if it can but
 /// does not decode (a rejection).
-pub fn load_evidence(path: &Path) -> Result<Result<(Evidence, Option<EvidenceBundle>), ParseError>, UsageError> {
+pub fn load_evidence(
+    path: &Path,
+) -> Result<Result<(Evidence, Option<EvidenceBundle>), ParseError>, UsageError> {
     Ok(decode_evidence(&read(path)?))
 }
 
@@ -56,12 +61,21 @@ pub struct EndorsementFiles<'a> {
 }
 
 /// Endorsements from the bundle, overridden by files given explicitly.
-pub fn load_endorsements(bundle: Option<&EvidenceBundle>, files: &EndorsementFiles<'_>) -> Result<Endorsements, UsageError> {
+pub fn load_endorsements(
+    bundle: Option<&EvidenceBundle>,
+    files: &EndorsementFiles<'_>,
+) -> Result<Endorsements, UsageError> {
     let mut e = match bundle {
-        Some(b) => Endorsements::from_bundle(b).map_err(|err| UsageError { path: "evidence bundle".into(), reason: err.to_string() })?,
+        Some(b) => Endorsements::from_bundle(b).map_err(|err| UsageError {
+            path: "evidence bundle".into(),
+            reason: err.to_string(),
+        })?,
         None => Endorsements::default(),
     };
-    let usage = |p: &Path, err: ParseError| UsageError { path: p.display().to_string(), reason: err.to_string() };
+    let usage = |p: &Path, err: ParseError| UsageError {
+        path: p.display().to_string(),
+        reason: err.to_string(),
+    };
     if let Some(p) = files.collateral {
         e.tdx_collateral = Some(parse_collateral(&read(p)?).map_err(|err| usage(p, err))?);
     }
@@ -78,11 +92,20 @@ pub fn load_endorsements(bundle: Option<&EvidenceBundle>, files: &EndorsementFil
 pub fn load_policy(path: Option<&Path>, allow_simulated: bool) -> Result<Policy, UsageError> {
     let policy = match path {
         Some(p) => {
-            let text = String::from_utf8(read(p)?)
-                .map_err(|_| UsageError { path: p.display().to_string(), reason: "not UTF-8 text".into() })?;
-            Policy::from_toml(&text).map_err(|e| UsageError { path: p.display().to_string(), reason: e.to_string() })?
+            let text = String::from_utf8(read(p)?).map_err(|_| UsageError {
+                path: p.display().to_string(),
+                reason: "not UTF-8 text".into(),
+            })?;
+            Policy::from_toml(&text).map_err(|e| UsageError {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?
         }
         None => Policy::baseline(),
     };
-    Ok(if allow_simulated { policy.allow_simulated() } else { policy })
+    Ok(if allow_simulated {
+        policy.allow_simulated()
+    } else {
+        policy
+    })
 }

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use chrysalis_attestation::{Evidence, Platform, Timestamp, Verifier, VerifyError};
 use chrysalis_client::collateral::CollateralStore;
-use chrysalis_client::inputs::{load_endorsements, load_evidence, load_policy, EndorsementFiles, UsageError};
+use chrysalis_client::inputs::{
+    load_endorsements, load_evidence, load_policy, EndorsementFiles, UsageError,
+};
 use chrysalis_client::report::{verdict_json, verdict_text, SIMULATED_WARNING};
 use clap::{Parser, Subcommand};
 
@@ -84,12 +86,18 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHRYSALIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn now_or(at: Option<&str>) -> Result<Timestamp, UsageError> {
     match at {
-        Some(text) => Timestamp::parse(text).map_err(|e| UsageError { path: "--at".into(), reason: e.to_string() }),
+        Some(text) => Timestamp::parse(text).map_err(|e| UsageError {
+            path: "--at".into(),
+            reason: e.to_string(),
+        }),
         None => {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -114,23 +122,29 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, UsageError> {
         Ok((evidence, bundle)) => {
             let mut endorsements = load_endorsements(bundle.as_ref(), &files)?;
             let store = CollateralStore::new(
-                args.cache_dir.clone().unwrap_or_else(CollateralStore::default_dir),
+                args.cache_dir
+                    .clone()
+                    .unwrap_or_else(CollateralStore::default_dir),
                 args.pccs_url.clone(),
                 args.offline,
             );
             // Fill in missing endorsements from the cache or the vendor's service.
             match &evidence {
-                Evidence::Tdx(q) if endorsements.tdx_collateral.is_none() => match store.tdx(q, now) {
-                    Ok(c) => endorsements.tdx_collateral = Some(c),
-                    Err(e) => tracing::warn!("{e}"),
-                },
+                Evidence::Tdx(q) if endorsements.tdx_collateral.is_none() => {
+                    match store.tdx(q, now) {
+                        Ok(c) => endorsements.tdx_collateral = Some(c),
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
                 Evidence::Snp(r) if endorsements.vcek.is_none() => match store.snp(r) {
                     Ok((der, chain)) => {
-                        endorsements.vcek = chrysalis_attestation::snp::parse_certificate("VCEK", &der).ok();
+                        endorsements.vcek =
+                            chrysalis_attestation::snp::parse_certificate("VCEK", &der).ok();
                         if endorsements.cert_chain.is_empty() {
                             if let Some(pem) = chain {
                                 endorsements.cert_chain =
-                                    chrysalis_attestation::snp::parse_pem_chain(&pem).unwrap_or_default();
+                                    chrysalis_attestation::snp::parse_pem_chain(&pem)
+                                        .unwrap_or_default();
                             }
                         }
                     }
@@ -141,13 +155,26 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, UsageError> {
             if evidence.platform() == Platform::Simulated {
                 tracing::warn!("{SIMULATED_WARNING}");
             }
-            (Some(evidence.platform()), Verifier::new().verify(&evidence, &endorsements, &policy, now))
+            (
+                Some(evidence.platform()),
+                Verifier::new().verify(&evidence, &endorsements, &policy, now),
+            )
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&verdict_json(platform, &result)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verdict_json(platform, &result)).unwrap_or_default()
+        );
     } else {
-        print!("{}", verdict_text(platform, &result, std::io::stdout().is_terminal()));
+        print!(
+            "{}",
+            verdict_text(platform, &result, std::io::stdout().is_terminal())
+        );
     }
-    Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -17,7 +17,10 @@ pub const SIMULATED_WARNING: &str =
     "SIMULATED TEE: this evidence comes from the development simulator; nothing here is confidential";
 
 /// Build the JSON verdict.
-pub fn verdict_json(platform: Option<Platform>, result: &Result<VerifiedEvidence, VerifyError>) -> Value {
+pub fn verdict_json(
+    platform: Option<Platform>,
+    result: &Result<VerifiedEvidence, VerifyError>,
+) -> Value {
     match result {
         Ok(v) => {
             let mut out = json!({
@@ -67,7 +70,11 @@ fn platform_name(p: Platform) -> &'static str {
 }
 
 /// A summary a person can check at a glance, verdict first.
-pub fn verdict_text(platform: Option<Platform>, result: &Result<VerifiedEvidence, VerifyError>, colour: bool) -> String {
+pub fn verdict_text(
+    platform: Option<Platform>,
+    result: &Result<VerifiedEvidence, VerifyError>,
+    colour: bool,
+) -> String {
     let (green, red, yellow, bold, reset) = if colour {
         ("\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m")
     } else {
@@ -85,19 +92,36 @@ pub fn verdict_text(platform: Option<Platform>, result: &Result<VerifiedEvidence
             }
         }
         Ok(v) => {
-            let _ = writeln!(s, "{bold}{green}ACCEPTED{reset}  genuine {} evidence that meets the policy", platform_name(v.platform()));
+            let _ = writeln!(
+                s,
+                "{bold}{green}ACCEPTED{reset}  genuine {} evidence that meets the policy",
+                platform_name(v.platform())
+            );
             if v.platform() == Platform::Simulated {
                 let _ = writeln!(s, "{bold}{yellow}  WARNING: {SIMULATED_WARNING}{reset}");
             }
             let tcb = v.tcb();
-            let grace = if tcb.in_grace_window { " (accepted in the policy's grace window)" } else { "" };
+            let grace = if tcb.in_grace_window {
+                " (accepted in the policy's grace window)"
+            } else {
+                ""
+            };
             let _ = writeln!(s, "  tcb status    {}{grace}", tcb.status);
             if !tcb.advisory_ids.is_empty() {
                 let _ = writeln!(s, "  advisories    {}", tcb.advisory_ids.join(", "));
             }
             let _ = writeln!(s, "  trust anchor  {}", v.trust_anchor());
-            let _ = writeln!(s, "  verified at   {} (verdict valid until {})", v.verified_at(), v.expires_at());
-            let _ = writeln!(s, "  evidence      sha256 {}", hex::encode(v.evidence_sha256()));
+            let _ = writeln!(
+                s,
+                "  verified at   {} (verdict valid until {})",
+                v.verified_at(),
+                v.expires_at()
+            );
+            let _ = writeln!(
+                s,
+                "  evidence      sha256 {}",
+                hex::encode(v.evidence_sha256())
+            );
             let _ = writeln!(s, "  measurements");
             let row = |s: &mut String, k: &str, v: String| {
                 let _ = writeln!(s, "    {k:<16}{v}");
@@ -123,7 +147,11 @@ pub fn verdict_text(platform: Option<Platform>, result: &Result<VerifiedEvidence
                     row(&mut s, "policy", m.policy.clone());
                     row(&mut s, "reported_tcb", m.reported_tcb.to_string());
                     row(&mut s, "chip_id", hex::encode(m.chip_id));
-                    row(&mut s, "signed by", format!("{} ({})", m.signing_key, m.product));
+                    row(
+                        &mut s,
+                        "signed by",
+                        format!("{} ({})", m.signing_key, m.product),
+                    );
                     row(&mut s, "report_data", hex::encode(m.report_data));
                 }
                 Measurements::Simulated(m) => {

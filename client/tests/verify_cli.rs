@@ -9,7 +9,10 @@ use chrysalis_attestation::{EvidenceBundle, Platform};
 use serde_json::Value;
 
 fn td(path: &str) -> String {
-    format!("{}/../attestation/testdata/{path}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../attestation/testdata/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 struct Run {
@@ -40,11 +43,16 @@ fn chrysalis_with_cache(args: &[&str], cache: &std::path::Path) -> Run {
 }
 
 fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", run.stdout, run.stderr))
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", run.stdout, run.stderr))
 }
 
 fn is_lower_hex(v: &Value, len: usize) -> bool {
-    v.as_str().is_some_and(|s| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    v.as_str().is_some_and(|s| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn tdx_args(extra: &[&str]) -> Vec<String> {
@@ -76,12 +84,19 @@ fn tdx_accepted_json_contract() {
     let m = &j["measurements"];
     assert!(is_lower_hex(&m["mr_td"], 96));
     assert_eq!(m["rtmr"].as_array().unwrap().len(), 4);
-    assert!(m["rtmr"].as_array().unwrap().iter().all(|r| is_lower_hex(r, 96)));
+    assert!(m["rtmr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| is_lower_hex(r, 96)));
     assert!(is_lower_hex(&m["mr_config_id"], 96));
     assert!(is_lower_hex(&m["td_attributes"], 16));
     assert!(is_lower_hex(&m["report_data"], 128));
     assert_eq!(j["measurement_policy_applied"], false);
-    assert!(j["note"].as_str().unwrap().contains("no measurement policy"));
+    assert!(j["note"]
+        .as_str()
+        .unwrap()
+        .contains("no measurement policy"));
 }
 
 #[test]
@@ -102,13 +117,28 @@ fn tdx_human_summary_starts_with_the_verdict() {
 
 #[test]
 fn snp_accepted_json_contract() {
-    let r = chrysalis(&["verify", &td("sev/report_milan.hex"), "--vcek", &td("sev/vcek_milan.der"), "--cert-chain", &td("sev/cert_chain_milan"), "--at", "2025-06-20T00:00:00Z", "--json"]);
+    let r = chrysalis(&[
+        "verify",
+        &td("sev/report_milan.hex"),
+        "--vcek",
+        &td("sev/vcek_milan.der"),
+        "--cert-chain",
+        &td("sev/cert_chain_milan"),
+        "--at",
+        "2025-06-20T00:00:00Z",
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let j = json(&r);
     assert_eq!(j["verdict"], "accepted");
     assert_eq!(j["platform"], "snp");
     let m = &j["measurements"];
-    for (k, len) in [("measurement", 96), ("host_data", 64), ("report_data", 128), ("chip_id", 128)] {
+    for (k, len) in [
+        ("measurement", 96),
+        ("host_data", 64),
+        ("report_data", 128),
+        ("chip_id", 128),
+    ] {
         assert!(is_lower_hex(&m[k], len), "{k}");
     }
     assert_eq!(m["policy"], "0x30000");
@@ -121,17 +151,50 @@ fn rejections_exit_one_with_a_reason() {
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         (
             "below every TCB level",
-            vec!["verify".into(), td("dcap-qvl/tdx_quote_outdated"), "--collateral".into(), td("dcap-qvl/tdx_quote_outdated_collateral.json"), "--at".into(), "2026-02-20T00:00:00Z".into()],
+            vec![
+                "verify".into(),
+                td("dcap-qvl/tdx_quote_outdated"),
+                "--collateral".into(),
+                td("dcap-qvl/tdx_quote_outdated_collateral.json"),
+                "--at".into(),
+                "2026-02-20T00:00:00Z".into(),
+            ],
             "no matching TCB level",
         ),
-        ("collateral expired", { let mut a = tdx_args(&[]); a[5] = "2025-08-01T00:00:00Z".into(); a }, "not valid"),
+        (
+            "collateral expired",
+            {
+                let mut a = tdx_args(&[]);
+                a[5] = "2025-08-01T00:00:00Z".into();
+                a
+            },
+            "not valid",
+        ),
         (
             "a certificate is not evidence",
-            vec!["verify".into(), td("dstack/sev_snp_vcek.pem"), "--at".into(), "2026-07-01T00:00:00Z".into()],
+            vec![
+                "verify".into(),
+                td("dstack/sev_snp_vcek.pem"),
+                "--at".into(),
+                "2026-07-01T00:00:00Z".into(),
+            ],
             "unrecognised",
         ),
-        ("tdx without collateral offline", vec!["verify".into(), td("dcap-qvl/tdx_quote"), "--at".into(), "2025-06-20T00:00:00Z".into()], "collateral"),
-        ("sgx quote", vec!["verify".into(), td("dcap-qvl/sgx_quote")], "SGX"),
+        (
+            "tdx without collateral offline",
+            vec![
+                "verify".into(),
+                td("dcap-qvl/tdx_quote"),
+                "--at".into(),
+                "2025-06-20T00:00:00Z".into(),
+            ],
+            "collateral",
+        ),
+        (
+            "sgx quote",
+            vec!["verify".into(), td("dcap-qvl/sgx_quote")],
+            "SGX",
+        ),
     ];
     for (name, args, needle) in cases {
         let mut a = args.clone();
@@ -140,8 +203,15 @@ fn rejections_exit_one_with_a_reason() {
         assert_eq!(r.code, 1, "{name}: {}{}", r.stdout, r.stderr);
         let j = json(&r);
         assert_eq!(j["verdict"], "rejected", "{name}");
-        assert!(j["reason"].as_str().unwrap().contains(needle), "{name}: {}", j["reason"]);
-        assert!(j["measurements"].is_null(), "{name}: nothing unverified is printed");
+        assert!(
+            j["reason"].as_str().unwrap().contains(needle),
+            "{name}: {}",
+            j["reason"]
+        );
+        assert!(
+            j["measurements"].is_null(),
+            "{name}: nothing unverified is printed"
+        );
         let r = run_owned(&args);
         assert_eq!(r.code, 1);
         assert!(r.stdout.starts_with("REJECTED"), "{name}: {}", r.stdout);
@@ -154,16 +224,31 @@ fn malformed_truncated_and_tampered_evidence_exit_one() {
     let quote = std::fs::read(td("dcap-qvl/tdx_quote")).unwrap();
     let variants: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", quote[..1000].to_vec()),
-        ("tampered", { let mut q = quote.clone(); q[200] ^= 1; q }),
+        ("tampered", {
+            let mut q = quote.clone();
+            q[200] ^= 1;
+            q
+        }),
         ("empty", Vec::new()),
         ("garbage", b"hello world, not a quote".to_vec()),
         ("bad hex", b"0x04000200zz".to_vec()),
-        ("bad bundle", b"{\"format\": \"chrysalis-evidence-bundle\"}".to_vec()),
+        (
+            "bad bundle",
+            b"{\"format\": \"chrysalis-evidence-bundle\"}".to_vec(),
+        ),
     ];
     for (name, bytes) in variants {
         let path = dir.path().join(name);
         std::fs::write(&path, &bytes).unwrap();
-        let r = chrysalis(&["verify", path.to_str().unwrap(), "--collateral", &td("dcap-qvl/tdx_quote_collateral.json"), "--at", "2025-06-20T00:00:00Z", "--json"]);
+        let r = chrysalis(&[
+            "verify",
+            path.to_str().unwrap(),
+            "--collateral",
+            &td("dcap-qvl/tdx_quote_collateral.json"),
+            "--at",
+            "2025-06-20T00:00:00Z",
+            "--json",
+        ]);
         assert_eq!(r.code, 1, "{name}: {}{}", r.stdout, r.stderr);
         assert_eq!(json(&r)["verdict"], "rejected");
     }
@@ -194,23 +279,44 @@ fn misuse_exits_two() {
 fn bundle_and_hex_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let quote = std::fs::read(td("dcap-qvl/tdx_quote")).unwrap();
-    let collateral: Value = serde_json::from_slice(&std::fs::read(td("dcap-qvl/tdx_quote_collateral.json")).unwrap()).unwrap();
+    let collateral: Value =
+        serde_json::from_slice(&std::fs::read(td("dcap-qvl/tdx_quote_collateral.json")).unwrap())
+            .unwrap();
     let mut bundle = EvidenceBundle::new(Platform::Tdx, quote.clone());
     bundle.tdx_collateral = Some(collateral);
     let path = dir.path().join("bundle.json");
     std::fs::write(&path, bundle.to_json()).unwrap();
-    let r = chrysalis(&["verify", path.to_str().unwrap(), "--at", "2025-06-20T00:00:00Z", "--json"]);
+    let r = chrysalis(&[
+        "verify",
+        path.to_str().unwrap(),
+        "--at",
+        "2025-06-20T00:00:00Z",
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 
     // A bundle whose platform field lies is rejected.
     bundle.platform = Platform::Snp;
     std::fs::write(&path, bundle.to_json()).unwrap();
-    let r = chrysalis(&["verify", path.to_str().unwrap(), "--at", "2025-06-20T00:00:00Z", "--json"]);
+    let r = chrysalis(&[
+        "verify",
+        path.to_str().unwrap(),
+        "--at",
+        "2025-06-20T00:00:00Z",
+        "--json",
+    ]);
     assert_eq!(r.code, 1);
 
     let hex_path = dir.path().join("quote.hex");
     std::fs::write(&hex_path, hex::encode_upper(&quote)).unwrap();
-    let r = chrysalis(&["verify", hex_path.to_str().unwrap(), "--collateral", &td("dcap-qvl/tdx_quote_collateral.json"), "--at", "2025-06-20T00:00:00Z"]);
+    let r = chrysalis(&[
+        "verify",
+        hex_path.to_str().unwrap(),
+        "--collateral",
+        &td("dcap-qvl/tdx_quote_collateral.json"),
+        "--at",
+        "2025-06-20T00:00:00Z",
+    ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
 
@@ -220,12 +326,23 @@ fn policy_file_pins_measurements() {
     let j = json(&run_owned(&tdx_args(&["--json"])));
     let mr_td = j["measurements"]["mr_td"].as_str().unwrap().to_string();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, format!("version = 1\nplatforms = [\"tdx\"]\n[tdx]\nmr_td = [\"{mr_td}\"]\n")).unwrap();
+    std::fs::write(
+        &good,
+        format!("version = 1\nplatforms = [\"tdx\"]\n[tdx]\nmr_td = [\"{mr_td}\"]\n"),
+    )
+    .unwrap();
     let r = run_owned(&tdx_args(&["--policy", good.to_str().unwrap(), "--json"]));
     assert_eq!(r.code, 0);
     assert_eq!(json(&r)["measurement_policy_applied"], true);
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, format!("version = 1\nplatforms = [\"tdx\"]\n[tdx]\nmr_td = [\"{}\"]\n", "0".repeat(96))).unwrap();
+    std::fs::write(
+        &bad,
+        format!(
+            "version = 1\nplatforms = [\"tdx\"]\n[tdx]\nmr_td = [\"{}\"]\n",
+            "0".repeat(96)
+        ),
+    )
+    .unwrap();
     let r = run_owned(&tdx_args(&["--policy", bad.to_str().unwrap(), "--json"]));
     assert_eq!(r.code, 1);
     assert!(json(&r)["reason"].as_str().unwrap().contains("mr_td"));
@@ -235,7 +352,12 @@ fn policy_file_pins_measurements() {
 fn simulated_evidence_is_loud_and_needs_opt_in() {
     let dir = tempfile::tempdir().unwrap();
     let ev = SimulatedEvidence::sign(
-        &SimulatedClaims { measurement: [1; 48], config_digest: [2; 48], report_data: [3; 64], debug: false },
+        &SimulatedClaims {
+            measurement: [1; 48],
+            config_digest: [2; 48],
+            report_data: [3; 64],
+            debug: false,
+        },
         &root_signing_key(),
     );
     let path = dir.path().join("sim.bin");
@@ -245,12 +367,27 @@ fn simulated_evidence_is_loud_and_needs_opt_in() {
     let j = json(&r);
     assert_eq!(j["platform"], "simulated");
     assert!(j["reason"].as_str().unwrap().contains("simulated"));
-    let r = chrysalis(&["verify", path.to_str().unwrap(), "--allow-simulated", "--json"]);
+    let r = chrysalis(&[
+        "verify",
+        path.to_str().unwrap(),
+        "--allow-simulated",
+        "--json",
+    ]);
     assert_eq!(r.code, 0);
     let j = json(&r);
     assert_eq!(j["platform"], "simulated");
-    assert!(j["warning"].as_str().unwrap().contains("not confidential") || j["warning"].as_str().unwrap().contains("nothing here is confidential"));
-    assert!(r.stderr.contains("SIMULATED"), "logs say it loudly: {}", r.stderr);
+    assert!(
+        j["warning"].as_str().unwrap().contains("not confidential")
+            || j["warning"]
+                .as_str()
+                .unwrap()
+                .contains("nothing here is confidential")
+    );
+    assert!(
+        r.stderr.contains("SIMULATED"),
+        "logs say it loudly: {}",
+        r.stderr
+    );
     let r = chrysalis(&["verify", path.to_str().unwrap(), "--allow-simulated"]);
     assert!(r.stdout.contains("SIMULATED"));
 }
@@ -280,8 +417,19 @@ fn random_inputs_never_panic() {
         }
         let path = dir.path().join(format!("r{i}"));
         std::fs::write(&path, &bytes).unwrap();
-        let r = chrysalis(&["verify", path.to_str().unwrap(), "--at", "2025-06-20T00:00:00Z", "--json"]);
-        assert!(r.code == 0 || r.code == 1, "input {i}: exit {} {}", r.code, r.stderr);
+        let r = chrysalis(&[
+            "verify",
+            path.to_str().unwrap(),
+            "--at",
+            "2025-06-20T00:00:00Z",
+            "--json",
+        ]);
+        assert!(
+            r.code == 0 || r.code == 1,
+            "input {i}: exit {} {}",
+            r.code,
+            r.stderr
+        );
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
 }
@@ -298,9 +446,22 @@ fn another_chips_valid_chain_is_rejected() {
     std::fs::write(&vcek, split[0]).unwrap();
     let chain = dir.path().join("chain.pem");
     std::fs::write(&chain, split[1..].concat()).unwrap();
-    let r = chrysalis(&["verify", report.to_str().unwrap(), "--vcek", vcek.to_str().unwrap(), "--cert-chain", chain.to_str().unwrap(), "--at", "2025-06-20T00:00:00Z", "--json"]);
+    let r = chrysalis(&[
+        "verify",
+        report.to_str().unwrap(),
+        "--vcek",
+        vcek.to_str().unwrap(),
+        "--cert-chain",
+        chain.to_str().unwrap(),
+        "--at",
+        "2025-06-20T00:00:00Z",
+        "--json",
+    ]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(json(&r)["reason"].as_str().unwrap().contains("another chip"));
+    assert!(json(&r)["reason"]
+        .as_str()
+        .unwrap()
+        .contains("another chip"));
 }
 
 #[test]
@@ -309,13 +470,35 @@ fn cached_collateral_serves_offline_until_it_expires() {
     use chrysalis_client::collateral::CollateralStore;
     let cache = tempfile::tempdir().unwrap();
     let quote = TdxQuote::from_bytes(&std::fs::read(td("dcap-qvl/tdx_quote")).unwrap()).unwrap();
-    let collateral = parse_collateral(&std::fs::read(td("dcap-qvl/tdx_quote_collateral.json")).unwrap()).unwrap();
-    CollateralStore::new(cache.path().to_path_buf(), None, true).put_tdx(&quote, &collateral).unwrap();
+    let collateral =
+        parse_collateral(&std::fs::read(td("dcap-qvl/tdx_quote_collateral.json")).unwrap())
+            .unwrap();
+    CollateralStore::new(cache.path().to_path_buf(), None, true)
+        .put_tdx(&quote, &collateral)
+        .unwrap();
     let quote_path = td("dcap-qvl/tdx_quote");
-    let r = chrysalis_with_cache(&["verify", &quote_path, "--at", "2025-06-20T00:00:00Z", "--json"], cache.path());
+    let r = chrysalis_with_cache(
+        &[
+            "verify",
+            &quote_path,
+            "--at",
+            "2025-06-20T00:00:00Z",
+            "--json",
+        ],
+        cache.path(),
+    );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     // Past nextUpdate the cache does not serve it, and offline there is nothing else.
-    let r = chrysalis_with_cache(&["verify", &quote_path, "--at", "2025-08-01T00:00:00Z", "--json"], cache.path());
+    let r = chrysalis_with_cache(
+        &[
+            "verify",
+            &quote_path,
+            "--at",
+            "2025-08-01T00:00:00Z",
+            "--json",
+        ],
+        cache.path(),
+    );
     assert_eq!(r.code, 1);
     assert!(json(&r)["reason"].as_str().unwrap().contains("collateral"));
 }

@@ -50,7 +50,12 @@ mod tests {
 
     #[test]
     fn bundle_round_trip() {
-        let b = EvidenceBundle { version: 1, platform: Platform::Snp as i32, evidence: vec![1, 2, 3], ..Default::default() };
+        let b = EvidenceBundle {
+            version: 1,
+            platform: Platform::Snp as i32,
+            evidence: vec![1, 2, 3],
+            ..Default::default()
+        };
         let bytes = b.encode_to_vec();
         assert_eq!(EvidenceBundle::decode(bytes.as_slice()).ok(), Some(b));
         assert!(EvidenceBundle::decode(&[0xff, 0xff][..]).is_err());

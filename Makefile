@@ -1,0 +1,59 @@
+# Chrysalis. Two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+TD := attestation/testdata
+CHRYSALIS := target/debug/chrysalis
+FUZZ_RUNS ?= 3000
+
+.PHONY: all build demo test test-rust fuzz-smoke bench lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+# The main job on its embedded default. Until the enclave exists, the demo verifies real
+# evidence captured on real hardware, at times inside its collateral's validity, plus the
+# development simulator (which is loudly not confidential).
+demo: build
+	@echo "== 1. A real Intel TDX quote (v4) with its Intel collateral, at 2025-06-20"
+	$(CHRYSALIS) verify $(TD)/dcap-qvl/tdx_quote --collateral $(TD)/dcap-qvl/tdx_quote_collateral.json --at 2025-06-20T00:00:00Z --offline
+	@echo
+	@echo "== 2. A real AMD SEV-SNP report (Milan, v3) with its VCEK and ASK (JSON, as a script reads it)"
+	@tail -c +5 $(TD)/dstack/sev_snp_attestation.bin | head -c 1184 > target/demo-snp-report.bin
+	$(CHRYSALIS) verify target/demo-snp-report.bin --vcek $(TD)/dstack/sev_snp_vcek.pem --cert-chain $(TD)/dstack/sev_snp_ask.pem --at 2026-07-01T00:00:00Z --offline --json
+	@echo
+	@echo "== 3. The same TDX quote after its collateral expired: rejected (exit 1)"
+	-$(CHRYSALIS) verify $(TD)/dcap-qvl/tdx_quote --collateral $(TD)/dcap-qvl/tdx_quote_collateral.json --at 2025-08-01T00:00:00Z --offline
+	@echo
+	@echo "== 4. A real TDX platform below every TCB level: rejected (exit 1)"
+	-$(CHRYSALIS) verify $(TD)/dcap-qvl/tdx_quote_outdated --collateral $(TD)/dcap-qvl/tdx_quote_outdated_collateral.json --at 2026-02-20T00:00:00Z --offline
+
+test: test-rust fuzz-smoke
+
+test-rust:
+	$(CARGO) test --workspace
+
+# Fuzz targets: their code always runs on stable (attestation/tests/fuzz_smoke.rs, part of
+# `cargo test`); the real libFuzzer targets run briefly when nightly and cargo-fuzz exist.
+fuzz-smoke:
+	@if $(CARGO) +nightly --version >/dev/null 2>&1 && $(CARGO) fuzz --version >/dev/null 2>&1; then \
+		for t in evidence policy endorsements; do \
+			(cd fuzz && $(CARGO) +nightly fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -max_len=8192) || exit 1; \
+		done; \
+	else \
+		echo "fuzz-smoke: nightly or cargo-fuzz missing; the targets' code ran on stable in cargo test (fuzz_smoke)"; \
+	fi
+
+bench:
+	$(CARGO) bench -p chrysalis-attestation --bench verify
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
