@@ -3,7 +3,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TD := attestation/testdata
 CHRYSALIS := target/debug/chrysalis
-FUZZ_RUNS ?= 3000
+FUZZ_RUNS ?= 20000
+# Real evidence seeds every fuzz target (libFuzzer only reads these; it writes to fuzz/corpus).
+FUZZ_SEEDS := $(addprefix ../,$(wildcard $(TD)/*/))
 
 .PHONY: all build demo test test-rust fuzz-smoke bench lint fmt clean
 
@@ -39,7 +41,8 @@ test-rust:
 fuzz-smoke:
 	@if $(CARGO) +nightly --version >/dev/null 2>&1 && $(CARGO) fuzz --version >/dev/null 2>&1; then \
 		for t in evidence policy endorsements; do \
-			(cd fuzz && $(CARGO) +nightly fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -max_len=8192) || exit 1; \
+			mkdir -p fuzz/corpus/$$t; \
+			(cd fuzz && $(CARGO) +nightly fuzz run -O $$t corpus/$$t $(FUZZ_SEEDS) -- -runs=$(FUZZ_RUNS) -max_len=8192) || exit 1; \
 		done; \
 	else \
 		echo "fuzz-smoke: nightly or cargo-fuzz missing; the targets' code ran on stable in cargo test (fuzz_smoke)"; \

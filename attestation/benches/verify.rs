@@ -1,7 +1,7 @@
 //! Per-call verification cost on real evidence: a TDX quote with its collateral already parsed
 //! and held in memory (the "cached collateral" case of a server), and an SNP report with its VCEK.
 //! Also the verification cache's hit path. Run with `make bench`.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
 
 use chrysalis_attestation::snp::{parse_certificate, parse_pem_chain};
 use chrysalis_attestation::tdx::parse_collateral;

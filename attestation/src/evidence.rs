@@ -39,6 +39,9 @@ impl fmt::Display for Platform {
 }
 
 /// Parsed (not yet verified) attestation evidence.
+// Evidence is decoded once per verification and moved rarely: boxing the large variant buys
+// nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Evidence {
@@ -62,23 +65,15 @@ impl Evidence {
         if bytes.starts_with(crate::simulated::MAGIC) {
             return SimulatedEvidence::from_bytes(bytes).map(Evidence::Simulated);
         }
-        let u16_at = |o: usize| {
-            bytes
-                .get(o..o + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        };
-        let u32_at = |o: usize| {
-            bytes
-                .get(o..o + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
+        let u16_at = |o: usize| crate::bytes::le_u16_at(bytes, o);
+        let u32_at = |o: usize| crate::bytes::le_u32_at(bytes, o);
         // Quote headers: u16 version, u16 attestation key type (2 = ECDSA P-256, 3 = P-384),
         // u32 TEE type. An SNP report has zeros at bytes 2..4 (high half of its u32 version).
         match (u16_at(0), u16_at(2), u32_at(4)) {
             (Some(4 | 5), Some(2 | 3), Some(crate::tdx::TEE_TYPE_TDX)) => {
                 return TdxQuote::from_bytes(bytes).map(Evidence::Tdx)
             }
-            (Some(3 | 4 | 5), Some(2 | 3), Some(0)) => {
+            (Some(3..=5), Some(2 | 3), Some(0)) => {
                 return Err(ParseError::UnknownFormat(
                     "this is an Intel SGX enclave quote; Chrysalis verifies TDX quotes only".into(),
                 ))

@@ -10,20 +10,26 @@ use crate::tdx::{parse_collateral, TdxQuote};
 use crate::time::Timestamp;
 use crate::verify::{Endorsements, Verifier};
 
-/// Every evidence parser, and the verifier on whatever parses.
-pub fn evidence(data: &[u8]) {
+/// Real endorsements for the fuzzer to verify against, so mutated evidence reaches the deep
+/// signature and TCB paths: Intel collateral for the dcap-qvl v4 sample and the Milan VCEK.
+pub fn sample_endorsements(collateral_json: &[u8], vcek_der: &[u8]) -> Endorsements {
+    Endorsements {
+        tdx_collateral: parse_collateral(collateral_json).ok(),
+        vcek: parse_certificate("VCEK", vcek_der).ok(),
+        cert_chain: Vec::new(),
+    }
+}
+
+/// Every evidence parser, and the verifier on whatever parses (at 2025-06-20, inside the sample
+/// collateral's validity).
+pub fn evidence(data: &[u8], endorsements: &Endorsements) {
     let _ = TdxQuote::from_bytes(data);
     let _ = SnpReport::from_bytes(data);
     let _ = SimulatedEvidence::from_bytes(data);
     if let Ok(bytes) = decode_binary_or_hex(data) {
         if let Ok(ev) = Evidence::from_bytes(&bytes) {
             let policy = Policy::baseline().allow_simulated();
-            let _ = Verifier::new().verify(
-                &ev,
-                &Endorsements::default(),
-                &policy,
-                Timestamp(1_750_377_600),
-            );
+            let _ = Verifier::new().verify(&ev, endorsements, &policy, Timestamp(1_750_377_600));
         }
     }
 }

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+mod bytes;
 pub mod cache;
 pub mod error;
 pub mod evidence;

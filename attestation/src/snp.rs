@@ -62,7 +62,7 @@ impl SnpReport {
                 extra: raw.len() - REPORT_LEN,
             });
         }
-        let version = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let version = crate::bytes::le_u32_at(raw, 0).unwrap_or(0);
         if !matches!(version, 2 | 3 | 5) {
             return Err(ParseError::UnsupportedVersion {
                 what: WHAT,
@@ -389,9 +389,11 @@ pub(crate) fn verify_snp(
 /// the certificates; each use still re-checks every certificate's validity period at `now`.
 #[derive(Debug, Default)]
 pub struct ChainMemo {
-    verified:
-        std::sync::Mutex<std::collections::HashMap<[u8; 32], (&'static str, Timestamp, Timestamp)>>,
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], MemoEntry>>,
 }
+
+/// Root name, and the window in which every certificate of the chain is valid.
+type MemoEntry = (&'static str, Timestamp, Timestamp);
 
 /// How many verified chains a memo keeps (one per chip and TCB in practice).
 const CHAIN_MEMO_CAPACITY: usize = 1024;

@@ -10,6 +10,7 @@ use dcap_qvl::quote::{Quote, Report};
 use dcap_qvl::verify::QuoteVerifier;
 use dcap_qvl::{QuoteClaims, QuoteCollateralV3, QuotePolicy};
 
+use crate::bytes::{le_u16_at, le_u32_at};
 use crate::error::{ParseError, VerifyError};
 use crate::time::Timestamp;
 
@@ -101,28 +102,24 @@ impl TdxQuote {
         };
         // Exact framing: signed part, u32 signature-data length, signature data, nothing after.
         let signed = quote.signed_length();
-        let len_bytes = raw.get(signed..signed + 4).ok_or(ParseError::Truncated {
+        let sig_len = le_u32_at(raw, signed).ok_or(ParseError::Truncated {
             what: WHAT,
             need: signed + 4,
             have: raw.len(),
-        })?;
-        let sig_len =
-            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        })? as usize;
         let total = signed + 4 + sig_len;
         // The signature data is ECDSA signature (64) ‖ attestation key (64) ‖ certification data
         // (u16 type, u32 size, data): its declared length must be exactly that.
         let cert_header = signed + 4 + 128;
-        let cert_size = raw
-            .get(cert_header + 2..cert_header + 6)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or(ParseError::Truncated {
-                what: WHAT,
-                need: cert_header + 6,
-                have: raw.len(),
-            })?;
-        let cert_type = raw
-            .get(cert_header..cert_header + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let cert_size =
+            le_u32_at(raw, cert_header + 2)
+                .map(|v| v as usize)
+                .ok_or(ParseError::Truncated {
+                    what: WHAT,
+                    need: cert_header + 6,
+                    have: raw.len(),
+                })?;
+        let cert_type = le_u16_at(raw, cert_header);
         if cert_type != Some(QE_REPORT_CERT_DATA) {
             return Err(ParseError::malformed(
                 WHAT,

@@ -34,6 +34,10 @@ fn fuzz_targets_survive_mutated_fixtures() {
         seed ^= seed << 17;
         seed
     };
+    let endorsements = fuzz_targets::sample_endorsements(
+        include_bytes!("../testdata/dcap-qvl/tdx_quote_collateral.json"),
+        include_bytes!("../testdata/sev/vcek_milan.der"),
+    );
     let mut runs = 0;
     for input in corpus() {
         for round in 0..60 {
@@ -48,7 +52,7 @@ fn fuzz_targets_survive_mutated_fixtures() {
                     data[at] ^= next() as u8;
                 }
             }
-            fuzz_targets::evidence(&data);
+            fuzz_targets::evidence(&data, &endorsements);
             fuzz_targets::policy(&data);
             fuzz_targets::endorsements(&data);
             runs += 1;

@@ -16,6 +16,12 @@ use serde_json::{json, Value};
 pub const SIMULATED_WARNING: &str =
     "SIMULATED TEE: this evidence comes from the development simulator; nothing here is confidential";
 
+fn set(out: &mut Value, key: &str, value: Value) {
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert(key.to_string(), value);
+    }
+}
+
 /// Build the JSON verdict.
 pub fn verdict_json(
     platform: Option<Platform>,
@@ -38,10 +44,10 @@ pub fn verdict_json(
                 "evidence_sha256": hex::encode(v.evidence_sha256()),
             });
             if !v.measurement_policy_applied() {
-                out["note"] = json!("no measurement policy was applied: compare the measurements with the values you expect");
+                set(&mut out, "note", json!("no measurement policy was applied: compare the measurements with the values you expect"));
             }
             if v.platform() == Platform::Simulated {
-                out["warning"] = json!(SIMULATED_WARNING);
+                set(&mut out, "warning", json!(SIMULATED_WARNING));
             }
             out
         }
@@ -54,7 +60,7 @@ pub fn verdict_json(
                 "measurements": Value::Null,
             });
             if platform == Some(Platform::Simulated) {
-                out["warning"] = json!(SIMULATED_WARNING);
+                set(&mut out, "warning", json!(SIMULATED_WARNING));
             }
             out
         }
