@@ -31,6 +31,7 @@ pub mod error;
 pub mod evidence;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod measure;
 pub mod policy;
 pub mod simulated;
 pub mod snp;

@@ -1,0 +1,339 @@
+//! Reproduce measurements offline: TDX MRTD and RTMRs, the SEV-SNP launch digest, event-log
+//! replay. From the files of a VM image and the shape of the VM, compute what the hardware will
+//! report, so a quote can be checked against a rebuilt image.
+//!
+//! This module reads the files a [`VmSpec`] names and nothing else; everything else is pure.
+//! The SNP launch digest is the `sev` crate's (`measurement::snp`), which we build on rather
+//! than copy. MRTD, RTMR1/RTMR2 and event-log replay are ours, from the Intel TDX module ABI, the
+//! TDVF design guide, PE/COFF Authenticode and the TCG PC Client firmware profile (see
+//! `shared/specs/attestation-formats.md`).
+
+pub mod eventlog;
+pub mod kernel;
+pub mod tdvf;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha384};
+use thiserror::Error;
+
+pub use kernel::KernelLoad;
+pub use tdvf::PageAddOrder;
+
+/// Why a measurement could not be computed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MeasureError {
+    /// A named file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Firmware without the metadata needed.
+    #[error("firmware: {0}")]
+    Firmware(String),
+    /// A kernel that cannot be measured.
+    #[error("kernel: {0}")]
+    Kernel(String),
+    /// An event log that cannot be replayed.
+    #[error("event log: {0}")]
+    EventLog(String),
+    /// The SNP launch digest calculation failed.
+    #[error("SNP launch digest: {0}")]
+    Snp(String),
+    /// The VM description is inconsistent.
+    #[error("VM spec: {0}")]
+    Spec(String),
+}
+
+/// The confidential platform a VM is launched on, with its platform-specific shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "platform")]
+pub enum PlatformSpec {
+    /// Intel TDX.
+    Tdx {
+        /// Page-add order of the VMM.
+        page_add_order: PageAddOrder,
+        /// Whether QEMU patches the kernel setup header before OVMF measures it.
+        qemu_patches_kernel_header: bool,
+        /// The edk2 ordering of the initrd token on the command line.
+        initrd_token: InitrdToken,
+    },
+    /// AMD SEV-SNP.
+    Snp {
+        /// vCPU model (`EPYC-Milan`, `EPYC-Genoa`, ...), as QEMU names it.
+        vcpu_type: String,
+        /// SEV features in the VMSA (`guest_features`), e.g. 0x1 for SNP only.
+        guest_features: u64,
+        /// VMM that builds the VMSAs.
+        vmm_type: VmmType,
+    },
+}
+
+/// Where OVMF puts the initrd token in the measured command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitrdToken {
+    /// `cmdline + " initrd=initrd"` (edk2 before 202505).
+    Append,
+    /// `"initrd=initrd " + cmdline` (newer edk2).
+    Prepend,
+}
+
+/// The VMM type for the SNP VMSA layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmType {
+    /// QEMU.
+    Qemu,
+    /// AWS EC2. Not claimed: the two reference implementations disagree on it.
+    Ec2,
+    /// Google GCE (QEMU-compatible VMSA).
+    Gce,
+}
+
+/// One description of a confidential VM, shared by the measurement code and (later) the host
+/// agent's QEMU command builder, so what is launched and what is predicted cannot drift apart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// Platform and its shape.
+    pub platform: PlatformSpec,
+    /// OVMF / TDVF firmware image.
+    pub firmware: PathBuf,
+    /// Kernel for direct boot.
+    pub kernel: Option<PathBuf>,
+    /// Initrd for direct boot.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// vCPU count.
+    pub vcpus: u32,
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, MeasureError> {
+    std::fs::read(path).map_err(|source| MeasureError::Io {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// The expected registers of a TD. `None` where an input for that register was not given or it
+/// cannot be computed offline (RTMR0 needs QEMU's ACPI tables; RTMR3 is the runtime's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TdxMeasurement {
+    /// MRTD, hex.
+    pub mr_td: String,
+    /// RTMR0..3, hex or null.
+    pub rtmr: [Option<String>; 4],
+    /// Page-add order used.
+    pub page_add_order: PageAddOrder,
+    /// The events predicted for RTMR1 and RTMR2.
+    pub events: Vec<eventlog::Event>,
+    /// What was not computed, and why.
+    pub notes: Vec<String>,
+}
+
+/// SHA-384 of bytes.
+pub fn sha384(data: &[u8]) -> [u8; 48] {
+    Sha384::digest(data).into()
+}
+
+/// Text of an EV_EFI_ACTION event OVMF logs in RTMR1, in order after the kernel.
+const RTMR1_ACTIONS: [&str; 3] = [
+    "Calling EFI Application from Boot Option",
+    "Exit Boot Services Invocation",
+    "Exit Boot Services Returned with Success",
+];
+
+/// The command line OVMF hands the kernel (and the EFI stub measures), with the initrd token.
+pub fn measured_cmdline(cmdline: &str, has_initrd: bool, token: InitrdToken) -> String {
+    match (has_initrd, token) {
+        (false, _) => cmdline.to_string(),
+        (true, InitrdToken::Append) if cmdline.is_empty() => "initrd=initrd".to_string(),
+        (true, InitrdToken::Append) => format!("{cmdline} initrd=initrd"),
+        (true, InitrdToken::Prepend) if cmdline.is_empty() => "initrd=initrd".to_string(),
+        (true, InitrdToken::Prepend) => format!("initrd=initrd {cmdline}"),
+    }
+}
+
+/// UTF-16LE with the terminating NUL, as the EFI stub measures LoadOptions.
+pub fn utf16le_with_nul(text: &str) -> Vec<u8> {
+    text.encode_utf16()
+        .chain(std::iter::once(0))
+        .flat_map(|u| u.to_le_bytes())
+        .collect()
+}
+
+/// Predict RTMR1 from the kernel digest OVMF measures.
+pub fn rtmr1_events(
+    kernel_digest: [u8; 48],
+    rtmrs: &mut eventlog::Rtmrs,
+) -> Result<(), MeasureError> {
+    rtmrs.extend(
+        1,
+        0x8000_0003,
+        kernel_digest,
+        "kernel (PE/COFF Authenticode)".into(),
+    )?;
+    rtmrs.extend(
+        1,
+        0x8000_0007,
+        sha384(RTMR1_ACTIONS[0].as_bytes()),
+        RTMR1_ACTIONS[0].into(),
+    )?;
+    rtmrs.extend(1, 0x4, sha384(&[0, 0, 0, 0]), "separator".into())?;
+    rtmrs.extend(
+        1,
+        0x8000_0007,
+        sha384(RTMR1_ACTIONS[1].as_bytes()),
+        RTMR1_ACTIONS[1].into(),
+    )?;
+    rtmrs.extend(
+        1,
+        0x8000_0007,
+        sha384(RTMR1_ACTIONS[2].as_bytes()),
+        RTMR1_ACTIONS[2].into(),
+    )
+}
+
+impl VmSpec {
+    /// Compute the TDX registers this VM will report.
+    pub fn measure_tdx(&self) -> Result<TdxMeasurement, MeasureError> {
+        let PlatformSpec::Tdx {
+            page_add_order,
+            qemu_patches_kernel_header,
+            initrd_token,
+        } = &self.platform
+        else {
+            return Err(MeasureError::Spec("not a TDX VM".into()));
+        };
+        let fw = read(&self.firmware)?;
+        let mr_td = tdvf::mrtd(&fw, *page_add_order)?;
+        let mut notes = vec![
+            "rtmr0 needs QEMU's ACPI tables (etc/acpi/tables, rsdp, table-loader) for this machine shape; not computed".to_string(),
+            "rtmr3 is extended at run time by the enclave; see its event log".to_string(),
+        ];
+        let mut rtmrs = eventlog::Rtmrs::default();
+        let mut rtmr = [None, None, None, None];
+        match &self.kernel {
+            Some(kernel_path) => {
+                let kernel = read(kernel_path)?;
+                let initrd = self.initrd.as_ref().map(read).transpose()?;
+                let load = if *qemu_patches_kernel_header {
+                    KernelLoad::QemuPatched {
+                        memory: self.memory,
+                        initrd_size: initrd.as_ref().map_or(0, |i| i.len() as u64),
+                    }
+                } else {
+                    KernelLoad::Raw
+                };
+                rtmr1_events(kernel::kernel_digest(&kernel, load)?, &mut rtmrs)?;
+                let cmdline = measured_cmdline(
+                    self.cmdline.as_deref().unwrap_or(""),
+                    initrd.is_some(),
+                    *initrd_token,
+                );
+                rtmrs.extend(
+                    2,
+                    0x0000_000D,
+                    sha384(&utf16le_with_nul(&cmdline)),
+                    format!("LoadOptions: {cmdline}"),
+                )?;
+                if let Some(initrd) = &initrd {
+                    rtmrs.extend(
+                        2,
+                        0x0000_000D,
+                        sha384(initrd),
+                        format!("initrd ({} bytes)", initrd.len()),
+                    )?;
+                }
+                rtmr[1] = Some(hex::encode(rtmrs.values()[1]));
+                rtmr[2] = Some(hex::encode(rtmrs.values()[2]));
+            }
+            None => notes.push("rtmr1 and rtmr2 need --kernel (and --initrd, --cmdline)".into()),
+        }
+        Ok(TdxMeasurement {
+            mr_td: hex::encode(mr_td),
+            rtmr,
+            page_add_order: *page_add_order,
+            events: rtmrs.into_replay().events,
+            notes,
+        })
+    }
+
+    /// Compute the SEV-SNP launch digest (MEASUREMENT) of this VM, with the `sev` crate.
+    pub fn measure_snp(&self) -> Result<[u8; 48], MeasureError> {
+        use sev::measurement::snp::{snp_calc_launch_digest, SnpMeasurementArgs};
+        use sev::measurement::vcpu_types::CpuType;
+        use sev::measurement::vmsa::{GuestFeatures, VMMType};
+        let PlatformSpec::Snp {
+            vcpu_type,
+            guest_features,
+            vmm_type,
+        } = &self.platform
+        else {
+            return Err(MeasureError::Spec("not an SNP VM".into()));
+        };
+        if self.vcpus == 0 {
+            return Err(MeasureError::Spec("vCPU count must be at least 1".into()));
+        }
+        let vmm = match vmm_type {
+            VmmType::Qemu | VmmType::Gce => VMMType::QEMU,
+            VmmType::Ec2 => {
+                return Err(MeasureError::Spec(
+                    "vmm type ec2 is not supported: the reference implementations (sev, sev-snp-measure) disagree on its VMSA".into(),
+                ))
+            }
+        };
+        let cpu = CpuType::try_from(vcpu_type.as_str()).map_err(|_| {
+            MeasureError::Spec(format!(
+                "unknown vCPU type {vcpu_type:?} (e.g. EPYC-Milan, EPYC-Genoa, EPYC-Turin)"
+            ))
+        })?;
+        // Read the files here first, so a missing file is a clear I/O error.
+        let fw = read(&self.firmware)?;
+        if self.kernel.is_some() {
+            let sev_hash_table = tdvf::guid(
+                0x7255_371f,
+                0x3a3b,
+                0x4b04,
+                [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54],
+            );
+            let has_table = tdvf::footer_entry(&fw, &sev_hash_table)?
+                .and_then(|d| d.get(4..8).and_then(|b| crate::bytes::le_u32_at(b, 0)))
+                .is_some_and(|size| size > 0);
+            if !has_table {
+                return Err(MeasureError::Firmware(
+                    "kernel given but this firmware has no SEV kernel-hashes section (use an OvmfPkg/AmdSev build)".into(),
+                ));
+            }
+        }
+        for p in [&self.kernel, &self.initrd].into_iter().flatten() {
+            read(p)?;
+        }
+        let args = SnpMeasurementArgs {
+            vcpus: self.vcpus,
+            vcpu_type: cpu,
+            ovmf_file: self.firmware.clone(),
+            guest_features: GuestFeatures(*guest_features),
+            kernel_file: self.kernel.clone(),
+            initrd_file: self.initrd.clone(),
+            append: self.cmdline.as_deref(),
+            ovmf_hash_str: None,
+            vmm_type: Some(vmm),
+        };
+        let digest = snp_calc_launch_digest(args).map_err(|e| MeasureError::Snp(e.to_string()))?;
+        let bytes =
+            hex::decode(digest.get_hex_ld()).map_err(|e| MeasureError::Snp(e.to_string()))?;
+        <[u8; 48]>::try_from(bytes.as_slice())
+            .map_err(|_| MeasureError::Snp("launch digest is not 48 bytes".into()))
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fetch the large real inputs the measurement tests use, pinned by SHA-256, into
+# target/fixtures/. Sources: Debian's archive and crates.io (the only registries CI reaches).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/fixtures
+mkdir -p "$out/dl"
+
+fetch() { # url sha256 file
+  local url=$1 sum=$2 file=$out/dl/$3
+  if [ -f "$file" ] && echo "$sum  $file" | sha256sum -c --quiet 2>/dev/null; then return 0; fi
+  echo "fetching $url"
+  curl -fsSL --retry 3 -o "$file.part" "$url"
+  echo "$sum  $file.part" | sha256sum -c --quiet || { echo "checksum mismatch for $url" >&2; rm -f "$file.part"; exit 1; }
+  mv "$file.part" "$file"
+}
+
+# Debian bookworm OVMF (TDX and SEV metadata in /usr/share/ovmf/OVMF.fd).
+fetch https://deb.debian.org/debian/pool/main/e/edk2/ovmf_2022.11-6+deb12u2_all.deb \
+  e73d3d1a8799f7f6fc16b73501d913edcdd86237556fbff30693e747e6dc262e ovmf_2022.11-6+deb12u2_all.deb
+if [ ! -f "$out/debian-bookworm-OVMF.fd" ]; then
+  rm -rf "$out/ovmf-x" && mkdir -p "$out/ovmf-x"
+  (cd "$out/ovmf-x" && ar x ../dl/ovmf_2022.11-6+deb12u2_all.deb && tar xf data.tar.* ./usr/share/ovmf/OVMF.fd)
+  cp "$out/ovmf-x/usr/share/ovmf/OVMF.fd" "$out/debian-bookworm-OVMF.fd"
+  rm -rf "$out/ovmf-x"
+fi
+
+# crate tdx 0.1.2: tests/data/OVMF.inteltdx.fd.
+fetch https://static.crates.io/crates/tdx/tdx-0.1.2.crate \
+  820ee90f5e642ed0a36b8e80cf9b4d2e074a14a03ec9b4c5f26f92bd9efe69b8 tdx-0.1.2.crate
+[ -f "$out/OVMF.inteltdx.fd" ] || tar -xzf "$out/dl/tdx-0.1.2.crate" -O tdx-0.1.2/tests/data/OVMF.inteltdx.fd > "$out/OVMF.inteltdx.fd"
+
+# crate sev 8.0.0: tests/measurement/ OVMF fragments (an AmdSev build with kernel hashes).
+fetch https://static.crates.io/crates/sev/sev-8.0.0.crate \
+  5031e00ad6d00d24f6b9990a181fdc8dc6e6222ba9ef657f2d8cf29e4c36b948 sev-8.0.0.crate
+for f in ovmf_AmdSev_suffix.bin ovmf_OvmfX64_suffix.bin; do
+  [ -f "$out/$f" ] || tar -xzf "$out/dl/sev-8.0.0.crate" -O "sev-8.0.0/tests/measurement/$f" > "$out/$f"
+done
+sha256sum "$out"/*.fd "$out"/*.bin
