@@ -7,7 +7,7 @@ FUZZ_RUNS ?= 20000
 # Real evidence seeds every fuzz target (libFuzzer only reads these; it writes to fuzz/corpus).
 FUZZ_SEEDS := $(addprefix ../,$(wildcard $(TD)/*/))
 
-.PHONY: all build demo test test-rust fuzz-smoke bench lint fmt clean
+.PHONY: all build demo test test-rust fuzz-smoke fixtures venv bench lint fmt clean
 
 all: build
 
@@ -31,10 +31,21 @@ demo: build
 	@echo "== 4. A real TDX platform below every TCB level: rejected (exit 1)"
 	-$(CHRYSALIS) verify $(TD)/dcap-qvl/tdx_quote_outdated --collateral $(TD)/dcap-qvl/tdx_quote_outdated_collateral.json --at 2026-02-20T00:00:00Z --offline
 
-test: test-rust fuzz-smoke
+test: fixtures venv test-rust fuzz-smoke
 
+# Tests that need the fetched firmware or the reference tool fail (not skip) under make test.
 test-rust:
-	$(CARGO) test --workspace
+	CHRYSALIS_REQUIRE_FIXTURES=1 CHRYSALIS_REQUIRE_REFERENCE=1 $(CARGO) test --workspace
+
+# Real firmware for the measurement tests, pinned by SHA-256 (Debian archive, crates.io).
+fixtures:
+	./scripts/fetch-fixtures.sh
+
+# The independent SNP launch-digest implementation we compare with.
+venv: .venv/bin/sev-snp-measure
+.venv/bin/sev-snp-measure:
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13
 
 # Fuzz targets: their code always runs on stable (attestation/tests/fuzz_smoke.rs, part of
 # `cargo test`); the real libFuzzer targets run briefly when nightly and cargo-fuzz exist.
@@ -48,8 +59,9 @@ fuzz-smoke:
 		echo "fuzz-smoke: nightly or cargo-fuzz missing; the targets' code ran on stable in cargo test (fuzz_smoke)"; \
 	fi
 
-bench:
+bench: fixtures venv
 	$(CARGO) bench -p chrysalis-attestation --bench verify
+	./scripts/bench-measure.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -25,6 +25,16 @@ if [ ! -f "$out/debian-bookworm-OVMF.fd" ]; then
   rm -rf "$out/ovmf-x"
 fi
 
+# Debian trixie OVMF (a 4 MiB image with TDX and SEV metadata).
+fetch https://deb.debian.org/debian/pool/main/e/edk2/ovmf_2025.02-8_all.deb \
+  d82312d863b18aebde958133144185c45685d3c6e1d217b4969913d713c05bf7 ovmf_2025.02-8_all.deb
+if [ ! -f "$out/debian-trixie-OVMF.fd" ]; then
+  rm -rf "$out/ovmf-x" && mkdir -p "$out/ovmf-x"
+  (cd "$out/ovmf-x" && ar x ../dl/ovmf_2025.02-8_all.deb && tar xf data.tar.* ./usr/share/ovmf/OVMF.fd)
+  cp "$out/ovmf-x/usr/share/ovmf/OVMF.fd" "$out/debian-trixie-OVMF.fd"
+  rm -rf "$out/ovmf-x"
+fi
+
 # crate tdx 0.1.2: tests/data/OVMF.inteltdx.fd.
 fetch https://static.crates.io/crates/tdx/tdx-0.1.2.crate \
   820ee90f5e642ed0a36b8e80cf9b4d2e074a14a03ec9b4c5f26f92bd9efe69b8 tdx-0.1.2.crate

@@ -177,6 +177,15 @@ impl TdxQuote {
         self.body_type
     }
 
+    /// The RTMRs as the quote states them, NOT verified: only for checking an event log against
+    /// a quote. Verified values come from [`crate::VerifiedEvidence`] alone.
+    pub fn unverified_rtmrs(&self) -> [[u8; 48]; 4] {
+        match self.quote.report.as_td10() {
+            Some(r) => [r.rt_mr0, r.rt_mr1, r.rt_mr2, r.rt_mr3],
+            None => [[0; 48]; 4],
+        }
+    }
+
     /// The FMSPC and CA of the PCK certificate embedded in the quote, for fetching collateral.
     pub fn pck_chain_pem(&self) -> Result<&[u8], ParseError> {
         self.quote

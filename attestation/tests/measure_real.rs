@@ -136,6 +136,10 @@ fn mrtd_of_real_ovmf_builds() {
             "debian bookworm ovmf 2022.11-6+deb12u2",
         ),
         ("OVMF.inteltdx.fd", "crate tdx 0.1.2"),
+        (
+            "debian-trixie-OVMF.fd",
+            "debian trixie ovmf 2025.02-8 (4 MiB)",
+        ),
     ];
     for (file, what) in cases {
         let Some(fw) = firmware(file) else { continue };
@@ -156,6 +160,7 @@ fn mrtd_of_real_ovmf_builds() {
         );
         let expected = match file {
             "debian-bookworm-OVMF.fd" => KAT_DEBIAN,
+            "debian-trixie-OVMF.fd" => KAT_TRIXIE,
             _ => KAT_TDX_CRATE,
         };
         assert_eq!(
@@ -171,6 +176,10 @@ fn mrtd_of_real_ovmf_builds() {
 const KAT_DEBIAN: (&str, &str) = (
     "4c7206f0f483c524f12c366c711e9049030a8d47c471ee5aa9c4999a08de4057fb887fed0744d5631a212967fb231c47",
     "acccbcc870a381adab0d3919d90a7f268ac3b0364771f202ed4bb4e892d045b33db3b32e6924cba830a724eed443f7e1",
+);
+const KAT_TRIXIE: (&str, &str) = (
+    "df7ed292eb426938f02fc50892bb6eae8ab0f92213aefd13c5f27bf3d339c0213bb533ab848fdb65c923a63ed247a456",
+    "ed5a6aeb17974647bc75387255374d9995d92691fa07ddf719c99a567ce3bb84d5fe92291352ff8bd4dbc8ce17a4ff24",
 );
 const KAT_TDX_CRATE: (&str, &str) = (
     "88c63708f207ab01a46b4d9424ea92ab11f8826be30d208afbb58f174f2a19cdcfafb2b12a6a2c98be0740b808894d55",

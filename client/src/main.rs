@@ -30,6 +30,104 @@ enum Command {
     /// EVIDENCE is a raw TDX quote or SNP report (binary or hex text) or a Chrysalis evidence
     /// bundle (JSON). Exit status: 0 accepted, 1 rejected, 2 unreadable file or misuse.
     Verify(VerifyArgs),
+    /// Compute the measurements a VM will report, from its files and shape (no hardware).
+    #[command(subcommand)]
+    Measure(MeasureCommand),
+    /// Replay a TDX event log (CCEL binary or JSON) to RTMR0..3, list its events, and compare
+    /// with a quote's RTMRs.
+    Eventlog(EventlogArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum MeasureCommand {
+    /// TDX: MRTD from the TDVF metadata; RTMR1/RTMR2 for direct kernel boot.
+    Tdx(MeasureTdxArgs),
+    /// SEV-SNP: the launch digest (MEASUREMENT).
+    Snp(MeasureSnpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MeasureTdxArgs {
+    /// OVMF/TDVF firmware image.
+    #[arg(long, value_name = "FILE")]
+    firmware: PathBuf,
+    /// Kernel (bzImage with EFI stub) for direct boot.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initrd for direct boot.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", requires = "kernel")]
+    cmdline: Option<String>,
+    /// Guest memory (e.g. 2G, 4096M, or bytes).
+    #[arg(long, value_name = "SIZE", default_value = "2G")]
+    memory: String,
+    /// vCPU count.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u32,
+    /// Two-pass page adding (QEMU 8.x-based TDX stacks) instead of single pass.
+    #[arg(long)]
+    two_pass: bool,
+    /// The kernel reaches OVMF as the file is, without QEMU's setup-header patch.
+    #[arg(long)]
+    unpatched_kernel: bool,
+    /// Newer edk2 puts the initrd token before the command line ("initrd=initrd CMDLINE").
+    #[arg(long)]
+    initrd_token_first: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct MeasureSnpArgs {
+    /// OVMF firmware image (an AmdSev build for kernel hashes).
+    #[arg(long, value_name = "FILE")]
+    firmware: PathBuf,
+    /// vCPU count.
+    #[arg(long, value_name = "N")]
+    vcpus: u32,
+    /// vCPU model, as QEMU names it (EPYC-Milan, EPYC-Genoa, EPYC-Turin, ...).
+    #[arg(long, value_name = "NAME")]
+    vcpu_type: String,
+    /// Kernel (measured through the SEV kernel-hashes table).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initrd.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", requires = "kernel")]
+    cmdline: Option<String>,
+    /// SEV features in the VMSA, hex (default 0x1: SNP active).
+    #[arg(long, value_name = "HEX", default_value = "0x1")]
+    guest_features: String,
+    /// VMM type.
+    #[arg(long, value_name = "TYPE", default_value = "qemu")]
+    vmm_type: VmmArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum VmmArg {
+    Qemu,
+    Ec2,
+    Gce,
+}
+
+#[derive(Debug, clap::Args)]
+struct EventlogArgs {
+    /// Event log: a CCEL log area (binary) or a JSON event list.
+    file: PathBuf,
+    /// A TDX quote (binary, hex or bundle) whose RTMRs to compare with.
+    #[arg(long, value_name = "FILE")]
+    quote: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +171,9 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Verify(args) => verify(args),
+        Command::Measure(MeasureCommand::Tdx(args)) => measure_tdx(args),
+        Command::Measure(MeasureCommand::Snp(args)) => measure_snp(args),
+        Command::Eventlog(args) => eventlog(args),
     };
     match result {
         Ok(code) => code,
@@ -173,6 +274,181 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, UsageError> {
         );
     }
     Ok(if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn usage(what: &str, reason: impl std::fmt::Display) -> UsageError {
+    UsageError {
+        path: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Parse a size: bytes, or a number with K, M, G or T (binary units).
+fn parse_size(text: &str) -> Result<u64, UsageError> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => {
+                    return Err(usage(
+                        "--memory",
+                        format!("unknown unit in {text:?} (use K, M, G or T)"),
+                    ))
+                }
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| usage("--memory", format!("not a size: {text:?}")))
+}
+
+fn measure_failed(e: chrysalis_attestation::measure::MeasureError) -> UsageError {
+    usage("measure", e)
+}
+
+fn measure_tdx(args: MeasureTdxArgs) -> Result<ExitCode, UsageError> {
+    use chrysalis_attestation::measure::{InitrdToken, PageAddOrder, PlatformSpec, VmSpec};
+    let spec = VmSpec {
+        platform: PlatformSpec::Tdx {
+            page_add_order: if args.two_pass {
+                PageAddOrder::TwoPass
+            } else {
+                PageAddOrder::SinglePass
+            },
+            qemu_patches_kernel_header: !args.unpatched_kernel,
+            initrd_token: if args.initrd_token_first {
+                InitrdToken::Prepend
+            } else {
+                InitrdToken::Append
+            },
+        },
+        firmware: args.firmware,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: parse_size(&args.memory)?,
+        vcpus: args.vcpus,
+    };
+    let m = spec.measure_tdx().map_err(measure_failed)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+    } else {
+        println!("mr_td   {}", m.mr_td);
+        for (i, r) in m.rtmr.iter().enumerate() {
+            println!("rtmr{i}   {}", r.as_deref().unwrap_or("(not computed)"));
+        }
+        for n in &m.notes {
+            println!("note: {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure_snp(args: MeasureSnpArgs) -> Result<ExitCode, UsageError> {
+    use chrysalis_attestation::measure::{PlatformSpec, VmSpec, VmmType};
+    let features = u64::from_str_radix(args.guest_features.trim().trim_start_matches("0x"), 16)
+        .map_err(|e| usage("--guest-features", e))?;
+    let spec = VmSpec {
+        platform: PlatformSpec::Snp {
+            vcpu_type: args.vcpu_type,
+            guest_features: features,
+            vmm_type: match args.vmm_type {
+                VmmArg::Qemu => VmmType::Qemu,
+                VmmArg::Ec2 => VmmType::Ec2,
+                VmmArg::Gce => VmmType::Gce,
+            },
+        },
+        firmware: args.firmware,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: 0,
+        vcpus: args.vcpus,
+    };
+    let digest = hex::encode(spec.measure_snp().map_err(measure_failed)?);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "measurement": digest, "vm": spec })
+        );
+    } else {
+        println!("{digest}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eventlog(args: EventlogArgs) -> Result<ExitCode, UsageError> {
+    use chrysalis_attestation::measure::eventlog::{replay_ccel, replay_json};
+    let bytes =
+        std::fs::read(&args.file).map_err(|e| usage(&args.file.display().to_string(), e))?;
+    let rtmrs = if bytes.trim_ascii_start().starts_with(b"[") {
+        let text =
+            String::from_utf8(bytes).map_err(|_| usage("event log", "JSON log is not UTF-8"))?;
+        replay_json(&text)
+    } else {
+        replay_ccel(&bytes)
+    }
+    .map_err(measure_failed)?;
+    let replay = rtmrs.into_replay();
+    // Compare with the quote's RTMRs (the quote's own fields, read without verifying it: use
+    // `chrysalis verify` for authenticity).
+    let quote_rtmrs: Option<[String; 4]> = match &args.quote {
+        None => None,
+        Some(path) => {
+            let content = std::fs::read(path).map_err(|e| usage(&path.display().to_string(), e))?;
+            let (evidence, _) = chrysalis_client::inputs::decode_evidence(&content)
+                .map_err(|e| usage("--quote", e))?;
+            let chrysalis_attestation::Evidence::Tdx(q) = evidence else {
+                return Err(usage("--quote", "not a TDX quote"));
+            };
+            Some(q.unverified_rtmrs().map(hex::encode))
+        }
+    };
+    let matches: Option<Vec<bool>> = quote_rtmrs
+        .as_ref()
+        .map(|q| q.iter().zip(&replay.rtmr).map(|(a, b)| a == b).collect());
+    let all_match = matches.as_ref().is_none_or(|m| m.iter().all(|x| *x));
+    if args.json {
+        let mut out = serde_json::json!({ "rtmr": replay.rtmr, "events": replay.events });
+        if let (Some(q), Some(m), Some(obj)) = (&quote_rtmrs, &matches, out.as_object_mut()) {
+            obj.insert("quote_rtmr".into(), serde_json::json!(q));
+            obj.insert("rtmr_match".into(), serde_json::json!(m));
+            obj.insert("all_match".into(), serde_json::json!(all_match));
+        }
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        for e in &replay.events {
+            println!(
+                "rtmr{} {:<34} {}  {}",
+                e.rtmr,
+                e.event_type_name,
+                &e.digest[..16],
+                e.description
+            );
+        }
+        for (i, r) in replay.rtmr.iter().enumerate() {
+            let verdict = match &matches {
+                Some(m) if m.get(i).copied().unwrap_or(false) => "  matches the quote",
+                Some(_) => "  DIFFERS from the quote",
+                None => "",
+            };
+            println!("rtmr{i} {r}{verdict}");
+        }
+    }
+    Ok(if all_match {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

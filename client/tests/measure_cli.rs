@@ -1,0 +1,331 @@
+//! `chrysalis measure` and `chrysalis eventlog`, driven as scripts drive them, on real firmware
+//! (fetched by `make fixtures`) and real event logs; SNP digests compared with the independent
+//! implementation PyPI `sev-snp-measure` 0.0.13 (installed by `make test` in .venv).
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(name: &str) -> Option<String> {
+    let dir = std::env::var("CHRYSALIS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target/fixtures"));
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path.display().to_string());
+    }
+    if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() {
+        panic!("{} missing (run `make fixtures`)", path.display());
+    }
+    eprintln!("SKIPPED: {name} not fetched (run `make fixtures`; `make test` requires it)");
+    None
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chrysalis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn reference_tool() -> Option<PathBuf> {
+    let path = std::env::var("SEV_SNP_MEASURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".venv/bin/sev-snp-measure"));
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CHRYSALIS_REQUIRE_REFERENCE").is_some() {
+        panic!("{} missing (make venv)", path.display());
+    }
+    eprintln!("SKIPPED: sev-snp-measure not installed (`make test` installs it)");
+    None
+}
+
+#[test]
+fn snp_digests_equal_sev_snp_measure_across_shapes() {
+    let Some(tool) = reference_tool() else { return };
+    let (Some(debian), Some(amdsev)) = (
+        fixture("debian-bookworm-OVMF.fd"),
+        fixture("ovmf_AmdSev_suffix.bin"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel");
+    let initrd = dir.path().join("initrd");
+    std::fs::write(
+        &kernel,
+        (0..70_000u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    std::fs::write(&initrd, b"initrd contents for the hashes table").unwrap();
+    let (k, i) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
+    let shapes: Vec<(String, Vec<&str>)> = vec![
+        (
+            debian.clone(),
+            vec!["--vcpus", "1", "--vcpu-type", "EPYC-Milan"],
+        ),
+        (
+            debian.clone(),
+            vec!["--vcpus", "4", "--vcpu-type", "EPYC-Milan"],
+        ),
+        (
+            debian.clone(),
+            vec!["--vcpus", "16", "--vcpu-type", "EPYC-Genoa"],
+        ),
+        (
+            debian.clone(),
+            vec![
+                "--vcpus",
+                "2",
+                "--vcpu-type",
+                "EPYC-v4",
+                "--guest-features",
+                "0x21",
+            ],
+        ),
+        (debian, vec!["--vcpus", "3", "--vcpu-type", "EPYC-Rome"]),
+        (
+            amdsev.clone(),
+            vec!["--vcpus", "1", "--vcpu-type", "EPYC-v4", "--kernel", k],
+        ),
+        (
+            amdsev.clone(),
+            vec![
+                "--vcpus",
+                "2",
+                "--vcpu-type",
+                "EPYC-Milan",
+                "--kernel",
+                k,
+                "--initrd",
+                i,
+                "--cmdline",
+                "console=ttyS0 loglevel=7",
+            ],
+        ),
+        (
+            amdsev.clone(),
+            vec![
+                "--vcpus",
+                "8",
+                "--vcpu-type",
+                "EPYC-Genoa",
+                "--guest-features",
+                "0x21",
+                "--kernel",
+                k,
+                "--initrd",
+                i,
+            ],
+        ),
+        (
+            amdsev,
+            vec![
+                "--vcpus",
+                "4",
+                "--vcpu-type",
+                "EPYC-Turin",
+                "--kernel",
+                k,
+                "--cmdline",
+                "root=/dev/vda",
+            ],
+        ),
+    ];
+    for (fw, shape) in shapes {
+        let reference_args: Vec<&str> = shape
+            .iter()
+            .map(|a| if *a == "--cmdline" { "--append" } else { a })
+            .collect();
+        let out = Command::new(&tool)
+            .args(["--mode", "snp", "--ovmf", &fw])
+            .args(&reference_args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut ours = vec!["measure", "snp", "--firmware", fw.as_str(), "--json"];
+        ours.extend(&shape);
+        let (code, stdout, stderr) = run(&ours);
+        assert_eq!(code, 0, "{shape:?}: {stderr}");
+        let j: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(j["measurement"].as_str().unwrap(), expected, "{shape:?}");
+    }
+}
+
+#[test]
+fn snp_errors_exit_two() {
+    let Some(debian) = fixture("debian-bookworm-OVMF.fd") else {
+        return;
+    };
+    let cases: Vec<Vec<&str>> = vec![
+        // Kernel given, but this build has no kernel-hashes section.
+        vec![
+            "measure",
+            "snp",
+            "--firmware",
+            &debian,
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-Milan",
+            "--kernel",
+            "/dev/null",
+        ],
+        vec![
+            "measure",
+            "snp",
+            "--firmware",
+            &debian,
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "Pentium-4",
+        ],
+        vec![
+            "measure",
+            "snp",
+            "--firmware",
+            &debian,
+            "--vcpus",
+            "0",
+            "--vcpu-type",
+            "EPYC-Milan",
+        ],
+        vec![
+            "measure",
+            "snp",
+            "--firmware",
+            &debian,
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-Milan",
+            "--vmm-type",
+            "ec2",
+        ],
+        vec![
+            "measure",
+            "snp",
+            "--firmware",
+            "/nonexistent",
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-Milan",
+        ],
+        vec![
+            "measure",
+            "snp",
+            "--firmware",
+            "Cargo.toml",
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-Milan",
+        ],
+    ];
+    for args in cases {
+        let (code, _, stderr) = run(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(
+            stderr.starts_with("error:") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn tdx_mrtd_json_contract() {
+    let Some(fw) = fixture("debian-bookworm-OVMF.fd") else {
+        return;
+    };
+    let (code, stdout, stderr) = run(&["measure", "tdx", "--firmware", &fw, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let j: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["mr_td"], "4c7206f0f483c524f12c366c711e9049030a8d47c471ee5aa9c4999a08de4057fb887fed0744d5631a212967fb231c47");
+    assert_eq!(j["rtmr"].as_array().unwrap().len(), 4);
+    assert!(
+        j["rtmr"].as_array().unwrap().iter().all(Value::is_null),
+        "no kernel: no RTMRs claimed"
+    );
+    let (_, stdout, _) = run(&["measure", "tdx", "--firmware", &fw, "--two-pass", "--json"]);
+    let two: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(two["mr_td"], "acccbcc870a381adab0d3919d90a7f268ac3b0364771f202ed4bb4e892d045b33db3b32e6924cba830a724eed443f7e1");
+    // No TDX metadata: an AmdSev fragment.
+    if let Some(amdsev) = fixture("ovmf_AmdSev_suffix.bin") {
+        let (code, _, stderr) = run(&["measure", "tdx", "--firmware", &amdsev]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("firmware:"), "{stderr}");
+    }
+    let (code, _, _) = run(&["measure", "tdx", "--firmware", &fw, "--memory", "lots"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn eventlog_matches_and_mismatches() {
+    let td = root().join("attestation/testdata");
+    let ccel = td.join("dstack/ccel.bin");
+    let quote = td.join("dcap-qvl/quote-from-tappd.hex");
+    let (code, stdout, _) = run(&[
+        "eventlog",
+        ccel.to_str().unwrap(),
+        "--quote",
+        quote.to_str().unwrap(),
+        "--json",
+    ]);
+    let j: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["rtmr"].as_array().unwrap().len(), 4);
+    assert_eq!(j["events"].as_array().unwrap().len(), 18);
+    assert_eq!(j["rtmr_match"][0], true);
+    assert_eq!(
+        j["all_match"], false,
+        "the CCEL does not carry that boot's later RTMR1/RTMR3 events"
+    );
+    assert_eq!(code, 1);
+
+    // A JSON log and its own quote: every RTMR matches.
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(td.join("dstack/quote-report.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.json");
+    std::fs::write(&log, v["event_log"].as_str().unwrap()).unwrap();
+    let q = dir.path().join("quote.hex");
+    std::fs::write(&q, v["quote"].as_str().unwrap()).unwrap();
+    let (code, stdout, _) = run(&[
+        "eventlog",
+        log.to_str().unwrap(),
+        "--quote",
+        q.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let j: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["all_match"], true);
+    let (code, stdout, _) = run(&["eventlog", log.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("rtmr3"));
+
+    let (code, _, _) = run(&["eventlog", root().join("Cargo.toml").to_str().unwrap()]);
+    assert_eq!(code, 2);
+}
