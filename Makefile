@@ -42,10 +42,11 @@ fixtures:
 	./scripts/fetch-fixtures.sh
 
 # The independent SNP launch-digest implementation we compare with.
-venv: .venv/bin/sev-snp-measure
-.venv/bin/sev-snp-measure:
+venv: .venv/stamp
+.venv/stamp: Makefile
 	python3 -m venv .venv
-	.venv/bin/pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13
+	.venv/bin/pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13 lief==1.0.0
+	touch .venv/stamp
 
 # Fuzz targets: their code always runs on stable (attestation/tests/fuzz_smoke.rs, part of
 # `cargo test`); the real libFuzzer targets run briefly when nightly and cargo-fuzz exist.

@@ -46,4 +46,21 @@ fetch https://static.crates.io/crates/sev/sev-8.0.0.crate \
 for f in ovmf_AmdSev_suffix.bin ovmf_OvmfX64_suffix.bin; do
   [ -f "$out/$f" ] || tar -xzf "$out/dl/sev-8.0.0.crate" -O "sev-8.0.0/tests/measurement/$f" > "$out/$f"
 done
-sha256sum "$out"/*.fd "$out"/*.bin
+# A real signed Debian kernel (EFI stub) for the Authenticode tests. Debian rotates kernel
+# versions in its archive, so the current bookworm cloud kernel is taken through apt, which
+# verifies it against the signed archive metadata; tests compare with an independent
+# implementation (LIEF) instead of a pinned value.
+if [ ! -f "$out/vmlinuz-cloud-amd64" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+    if [ -z "$pkg" ]; then apt-get update -qq && pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); fi
+    rm -rf "$out/kernel-x" && mkdir -p "$out/kernel-x"
+    (cd "$out/kernel-x" && apt-get download -qq "$pkg" 2>/dev/null && dpkg-deb --fsys-tarfile ./*.deb | tar x ./boot)
+    cp "$out"/kernel-x/boot/vmlinuz-* "$out/vmlinuz-cloud-amd64"
+    echo "$pkg" > "$out/vmlinuz-cloud-amd64.package"
+    rm -rf "$out/kernel-x"
+  else
+    echo "apt-get missing: no Debian kernel fixture" >&2
+  fi
+fi
+sha256sum "$out"/*.fd "$out"/*.bin "$out"/vmlinuz-* 2>/dev/null || true

@@ -329,3 +329,131 @@ fn eventlog_matches_and_mismatches() {
     let (code, _, _) = run(&["eventlog", root().join("Cargo.toml").to_str().unwrap()]);
     assert_eq!(code, 2);
 }
+
+fn lief_authentihash(path: &std::path::Path) -> Option<String> {
+    let python = root().join(".venv/bin/python");
+    let script = "import lief,sys\nb=lief.PE.parse(sys.argv[1])\nprint(b.authentihash(lief.PE.ALGORITHMS.SHA_384).hex())";
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        if std::env::var_os("CHRYSALIS_REQUIRE_REFERENCE").is_some() {
+            panic!("lief failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+#[test]
+fn kernel_authenticode_equals_lief_on_a_real_debian_kernel() {
+    use chrysalis_attestation::measure::kernel::{
+        authenticode_sha384, kernel_digest, qemu_patch_header, KernelLoad,
+    };
+    let Some(kernel_path) = fixture("vmlinuz-cloud-amd64") else {
+        return;
+    };
+    let kernel = std::fs::read(&kernel_path).unwrap();
+    let Some(expected) = lief_authentihash(std::path::Path::new(&kernel_path)) else {
+        eprintln!("SKIPPED: lief not installed");
+        return;
+    };
+    assert_eq!(
+        hex::encode(authenticode_sha384(&kernel).unwrap()),
+        expected,
+        "raw kernel"
+    );
+
+    // QEMU's setup-header patch, checked field by field, then hashed by LIEF as well.
+    let memory = 2u64 << 30;
+    let initrd = 1_234_567u64;
+    let patched = qemu_patch_header(&kernel, memory, initrd).unwrap();
+    assert_eq!(patched[0x210], 0xB0, "type_of_loader");
+    assert_ne!(patched[0x211] & 0x80, 0, "CAN_USE_HEAP");
+    assert_eq!(
+        u32::from_le_bytes(patched[0x228..0x22c].try_into().unwrap()),
+        0x20000,
+        "cmd_line_ptr"
+    );
+    assert_eq!(
+        u16::from_le_bytes(patched[0x224..0x226].try_into().unwrap()),
+        0xFE00,
+        "heap_end_ptr"
+    );
+    // This kernel can take an initrd anywhere below 4 GiB, so the limit is the top of low RAM
+    // minus QEMU's ACPI area.
+    let initrd_max = memory - 0x28000 - 1;
+    assert_eq!(
+        u32::from_le_bytes(patched[0x218..0x21c].try_into().unwrap()) as u64,
+        (initrd_max - initrd) & !0xfff
+    );
+    assert_eq!(
+        u32::from_le_bytes(patched[0x21c..0x220].try_into().unwrap()) as u64,
+        initrd
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("patched");
+    std::fs::write(&p, &patched).unwrap();
+    let digest = kernel_digest(
+        &kernel,
+        KernelLoad::QemuPatched {
+            memory,
+            initrd_size: initrd,
+        },
+    )
+    .unwrap();
+    assert_eq!(Some(hex::encode(digest)), lief_authentihash(&p));
+    assert_ne!(
+        digest,
+        authenticode_sha384(&kernel).unwrap(),
+        "the patch changes the measured digest"
+    );
+    // And the memory size matters below the 2.75 GiB split.
+    let other = kernel_digest(
+        &kernel,
+        KernelLoad::QemuPatched {
+            memory: 1 << 30,
+            initrd_size: initrd,
+        },
+    )
+    .unwrap();
+    assert_ne!(digest, other);
+
+    // Through the CLI: RTMR1 and RTMR2 are computed once a kernel is given.
+    let fw = fixture("debian-bookworm-OVMF.fd").unwrap();
+    let initrd_path = dir.path().join("initrd");
+    std::fs::write(&initrd_path, vec![7u8; initrd as usize]).unwrap();
+    let (code, stdout, stderr) = run(&[
+        "measure",
+        "tdx",
+        "--firmware",
+        &fw,
+        "--kernel",
+        &kernel_path,
+        "--initrd",
+        initrd_path.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0",
+        "--memory",
+        "2G",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let j: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        j["events"][0]["digest"].as_str().unwrap(),
+        hex::encode(digest)
+    );
+    assert!(j["rtmr"][1].is_string() && j["rtmr"][2].is_string());
+    assert!(j["rtmr"][0].is_null() && j["rtmr"][3].is_null());
+    assert!(j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["description"] == "LoadOptions: console=ttyS0 initrd=initrd"));
+}

@@ -24,6 +24,9 @@ pub enum KernelLoad {
     },
 }
 
+/// xloadflags bit 1: the initrd may live anywhere below 4 GiB for QEMU (it caps at u32).
+const XLF_CAN_BE_LOADED_ABOVE_4G: u16 = 1 << 1;
+
 /// ACPI data QEMU reserves at the top of low RAM (`acpi_data_size`: 0x20000 + 0x8000).
 const ACPI_DATA_SIZE: u64 = 0x28000;
 
@@ -89,13 +92,14 @@ pub fn qemu_patch_header(
             return Err(err("kernel too old to take an initrd"));
         }
         let xloadflags = le_u16_at(&k, 0x236).unwrap_or(0);
-        let mut initrd_max: u64 = if protocol >= 0x20c && xloadflags & 0x40 != 0 {
-            u64::from(u32::MAX)
-        } else if protocol >= 0x203 {
-            u64::from(le_u32_at(&k, 0x22c).unwrap_or(0x37ff_ffff))
-        } else {
-            0x37ff_ffff
-        };
+        let mut initrd_max: u64 =
+            if protocol >= 0x20c && xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G != 0 {
+                u64::from(u32::MAX)
+            } else if protocol >= 0x203 {
+                u64::from(le_u32_at(&k, 0x22c).unwrap_or(0x37ff_ffff))
+            } else {
+                0x37ff_ffff
+            };
         let low = below_4g(memory);
         if initrd_max >= low.saturating_sub(ACPI_DATA_SIZE) {
             initrd_max = low.saturating_sub(ACPI_DATA_SIZE).saturating_sub(1);
