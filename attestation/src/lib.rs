@@ -1,7 +1,8 @@
 //! Chrysalis attestation: parse, verify and (later) measure confidential-computing evidence.
 //!
-//! This crate is pure: it performs no I/O, reads no clock and opens no file. Every input,
-//! including "now", is a parameter, so the same evidence always gives the same verdict.
+//! This crate is pure: it reads no clock and touches no network, and apart from [`measure`]
+//! reading the files a `VmSpec` names, it opens no file. Every input, including "now", is a
+//! parameter, so the same evidence always gives the same verdict.
 //!
 //! Specifications implemented (through the crates named, which we wrap rather than copy):
 //! - Intel TDX DCAP quotes v4 and v5 (TD 1.0, TD 1.5 and TD 1.5 "ex" bodies), verified with

@@ -298,7 +298,7 @@ impl VmSpec {
                 "unknown vCPU type {vcpu_type:?} (e.g. EPYC-Milan, EPYC-Genoa, EPYC-Turin)"
             ))
         })?;
-        // Read the files here first, so a missing file is a clear I/O error.
+        // Check the files here first, so a missing file is a clear I/O error naming it.
         let fw = read(&self.firmware)?;
         if self.kernel.is_some() {
             let sev_hash_table = tdvf::guid(
@@ -317,7 +317,7 @@ impl VmSpec {
             }
         }
         for p in [&self.kernel, &self.initrd].into_iter().flatten() {
-            read(p)?;
+            std::fs::metadata(p).map_err(|source| MeasureError::Io { path: p.clone(), source })?;
         }
         let args = SnpMeasurementArgs {
             vcpus: self.vcpus,
