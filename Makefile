@@ -30,6 +30,10 @@ demo: build
 	@echo
 	@echo "== 4. A real TDX platform below every TCB level: rejected (exit 1)"
 	-$(CHRYSALIS) verify $(TD)/dcap-qvl/tdx_quote_outdated --collateral $(TD)/dcap-qvl/tdx_quote_outdated_collateral.json --at 2026-02-20T00:00:00Z --offline
+	@echo
+	@echo "== 5. An auditor replays a real TDX guest's event log against its quote"
+	@python3 -c 'import json,sys; v=json.load(open("$(TD)/dstack/quote-report.json")); open("target/demo-eventlog.json","w").write(v["event_log"]); open("target/demo-quote.hex","w").write(v["quote"])'
+	$(CHRYSALIS) eventlog target/demo-eventlog.json --quote target/demo-quote.hex | tail -4
 
 test: fixtures venv test-rust fuzz-smoke
 
