@@ -51,15 +51,8 @@ struct MeasureTdxArgs {
     /// OVMF/TDVF firmware image.
     #[arg(long, value_name = "FILE")]
     firmware: PathBuf,
-    /// Kernel (bzImage with EFI stub) for direct boot.
-    #[arg(long, value_name = "FILE")]
-    kernel: Option<PathBuf>,
-    /// Initrd for direct boot.
-    #[arg(long, value_name = "FILE", requires = "kernel")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, value_name = "STR", requires = "kernel")]
-    cmdline: Option<String>,
+    #[command(flatten)]
+    boot: DirectBoot,
     /// Guest memory (e.g. 2G, 4096M, or bytes).
     #[arg(long, value_name = "SIZE", default_value = "2G")]
     memory: String,
@@ -80,6 +73,21 @@ struct MeasureTdxArgs {
     json: bool,
 }
 
+/// Direct kernel boot inputs (TDX: measured by OVMF into RTMR1/RTMR2; SNP: through the SEV
+/// kernel-hashes table).
+#[derive(Debug, clap::Args)]
+struct DirectBoot {
+    /// Kernel (bzImage with EFI stub) for direct boot.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initrd for direct boot.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", requires = "kernel")]
+    cmdline: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 struct MeasureSnpArgs {
     /// OVMF firmware image (an AmdSev build for kernel hashes).
@@ -91,15 +99,8 @@ struct MeasureSnpArgs {
     /// vCPU model, as QEMU names it (EPYC-Milan, EPYC-Genoa, EPYC-Turin, ...).
     #[arg(long, value_name = "NAME")]
     vcpu_type: String,
-    /// Kernel (measured through the SEV kernel-hashes table).
-    #[arg(long, value_name = "FILE")]
-    kernel: Option<PathBuf>,
-    /// Initrd.
-    #[arg(long, value_name = "FILE", requires = "kernel")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, value_name = "STR", requires = "kernel")]
-    cmdline: Option<String>,
+    #[command(flatten)]
+    boot: DirectBoot,
     /// SEV features in the VMSA, hex (default 0x1: SNP active).
     #[arg(long, value_name = "HEX", default_value = "0x1")]
     guest_features: String,
@@ -336,9 +337,9 @@ fn measure_tdx(args: MeasureTdxArgs) -> Result<ExitCode, UsageError> {
             },
         },
         firmware: args.firmware,
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
+        kernel: args.boot.kernel,
+        initrd: args.boot.initrd,
+        cmdline: args.boot.cmdline,
         memory: parse_size(&args.memory)?,
         vcpus: args.vcpus,
     };
@@ -372,9 +373,9 @@ fn measure_snp(args: MeasureSnpArgs) -> Result<ExitCode, UsageError> {
             },
         },
         firmware: args.firmware,
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
+        kernel: args.boot.kernel,
+        initrd: args.boot.initrd,
+        cmdline: args.boot.cmdline,
         memory: 0,
         vcpus: args.vcpus,
     };

@@ -317,7 +317,10 @@ impl VmSpec {
             }
         }
         for p in [&self.kernel, &self.initrd].into_iter().flatten() {
-            std::fs::metadata(p).map_err(|source| MeasureError::Io { path: p.clone(), source })?;
+            std::fs::metadata(p).map_err(|source| MeasureError::Io {
+                path: p.clone(),
+                source,
+            })?;
         }
         let args = SnpMeasurementArgs {
             vcpus: self.vcpus,
