@@ -56,7 +56,7 @@ venv: .venv/stamp
 # `cargo test`); the real libFuzzer targets run briefly when nightly and cargo-fuzz exist.
 fuzz-smoke:
 	@if $(CARGO) +nightly --version >/dev/null 2>&1 && $(CARGO) fuzz --version >/dev/null 2>&1; then \
-		for t in evidence policy endorsements; do \
+		for t in evidence policy endorsements measure; do \
 			mkdir -p fuzz/corpus/$$t; \
 			(cd fuzz && $(CARGO) +nightly fuzz run -O $$t corpus/$$t $(FUZZ_SEEDS) -- -runs=$(FUZZ_RUNS) -max_len=8192) || exit 1; \
 		done; \

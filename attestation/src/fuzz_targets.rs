@@ -60,3 +60,19 @@ pub fn endorsements(data: &[u8]) {
         let _ = Timestamp::parse(text);
     }
 }
+
+/// Measurement parsers: TDVF metadata and MRTD, PE/COFF Authenticode and the QEMU header patch,
+/// CCEL and JSON event logs.
+pub fn measure(data: &[u8]) {
+    use crate::measure::{eventlog, kernel, tdvf};
+    let _ = tdvf::tdvf_sections(data);
+    if data.len() <= 1 << 20 {
+        let _ = tdvf::mrtd(data, tdvf::PageAddOrder::SinglePass);
+    }
+    let _ = kernel::authenticode_sha384(data);
+    let _ = kernel::qemu_patch_header(data, 1 << 30, 4096);
+    let _ = eventlog::replay_ccel(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = eventlog::replay_json(text);
+    }
+}

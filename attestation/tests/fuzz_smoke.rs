@@ -55,6 +55,7 @@ fn fuzz_targets_survive_mutated_fixtures() {
             fuzz_targets::evidence(&data, &endorsements);
             fuzz_targets::policy(&data);
             fuzz_targets::endorsements(&data);
+            fuzz_targets::measure(&data);
             runs += 1;
         }
     }
