@@ -52,10 +52,17 @@ done
 # implementation (LIEF) instead of a pinned value.
 if [ ! -f "$out/vmlinuz-cloud-amd64" ]; then
   if command -v apt-get >/dev/null 2>&1; then
-    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
-    if [ -z "$pkg" ]; then apt-get update -qq && pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); fi
+    kernel_pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+    download() { (cd "$out/kernel-x" && apt-get download -qq "$1" 2>/dev/null && dpkg-deb --fsys-tarfile ./*.deb | tar x ./boot); }
     rm -rf "$out/kernel-x" && mkdir -p "$out/kernel-x"
-    (cd "$out/kernel-x" && apt-get download -qq "$pkg" 2>/dev/null && dpkg-deb --fsys-tarfile ./*.deb | tar x ./boot)
+    pkg=$(kernel_pkg)
+    # Stale or missing package lists: refresh once and retry.
+    if [ -z "$pkg" ] || ! download "$pkg"; then
+      apt-get update -qq
+      pkg=$(kernel_pkg)
+      rm -rf "$out/kernel-x" && mkdir -p "$out/kernel-x"
+      download "$pkg"
+    fi
     cp "$out"/kernel-x/boot/vmlinuz-* "$out/vmlinuz-cloud-amd64"
     echo "$pkg" > "$out/vmlinuz-cloud-amd64.package"
     rm -rf "$out/kernel-x"
