@@ -379,7 +379,7 @@ pub(crate) mod tests {
         changed[100] ^= 1;
         assert_ne!(mrtd(&changed, PageAddOrder::SinglePass).unwrap(), base);
         let mut unmeasured = fw.clone();
-        unmeasured[0x1008] ^= 1; // between the sections, not measured
+        unmeasured[0x2000] ^= 1; // after the descriptor, in no section: not measured
         assert_eq!(mrtd(&unmeasured, PageAddOrder::SinglePass).unwrap(), base);
     }
 
@@ -392,9 +392,13 @@ pub(crate) mod tests {
         fw[len - 50] = 0xff; // table length beyond the image
         fw[len - 49] = 0xff;
         assert!(mrtd(&fw, PageAddOrder::SinglePass).is_err());
-        for cut in [1usize, 100, 4096] {
+        // Truncated at the end: the footer table is gone or misplaced.
+        for cut in [1usize, 32, 100, 4096] {
             let fw = synthetic_image();
-            assert!(mrtd(&fw[cut..], PageAddOrder::SinglePass).is_err());
+            assert!(
+                mrtd(&fw[..fw.len() - cut], PageAddOrder::SinglePass).is_err(),
+                "cut {cut}"
+            );
         }
     }
 }
