@@ -135,9 +135,8 @@ fn utf16(bytes: &[u8]) -> Option<String> {
     if bytes.len() % 2 != 0 || bytes.is_empty() {
         return None;
     }
-    let units: Vec<u16> = bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    let units: Vec<u16> = (0..bytes.len() / 2)
+        .filter_map(|i| le_u16_at(bytes, 2 * i))
         .collect();
     let s = String::from_utf16(&units).ok()?;
     let s = s.trim_end_matches('\0').to_string();
@@ -204,10 +203,7 @@ pub fn replay_ccel(log: &[u8]) -> Result<Rtmrs, MeasureError> {
     }
     let mut rtmrs = Rtmrs::default();
     let mut at = 32 + spec_size;
-    loop {
-        let Some(index) = le_u32_at(log, at) else {
-            break;
-        };
+    while let Some(index) = le_u32_at(log, at) {
         if index == 0xFFFF_FFFF || (index == 0 && le_u32_at(log, at + 4).unwrap_or(0) == 0) {
             break;
         }
