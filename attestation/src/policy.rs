@@ -248,16 +248,30 @@ impl Policy {
     /// The policy applied when none is given: TDX or SNP, authentic, not debug, TCB `UpToDate`.
     /// It checks no measurement; [`Policy::pins_measurements`] says so.
     pub fn baseline() -> Self {
-        let file = PolicyFile {
-            version: 1,
-            platforms: vec![Platform::Tdx, Platform::Snp],
+        // Built directly (not through `build`) so that it cannot fail; the test
+        // `baseline_is_strict` checks it equals what `build` makes of the same file.
+        Policy {
+            platforms: [Platform::Tdx, Platform::Snp].into_iter().collect(),
             report_data: None,
-            tcb: TcbFile::default(),
+            tcb: TcbRules {
+                accepted: vec![TcbStatus::UpToDate],
+                grace_days: None,
+                collateral_max_age_days: None,
+                rejected_advisories: Vec::new(),
+            },
             tdx: None,
             snp: None,
             simulated: None,
-        };
-        Self::build(file, false).unwrap_or_else(|_| unreachable_baseline())
+            source: PolicyFile {
+                version: 1,
+                platforms: vec![Platform::Tdx, Platform::Snp],
+                report_data: None,
+                tcb: TcbFile::default(),
+                tdx: None,
+                snp: None,
+                simulated: None,
+            },
+        }
     }
 
     /// Parse and validate a policy file.
@@ -467,32 +481,6 @@ impl Policy {
     }
 }
 
-fn unreachable_baseline() -> Policy {
-    // The baseline is a constant that always validates; this arm keeps `baseline()` panic-free.
-    Policy {
-        platforms: [Platform::Tdx, Platform::Snp].into_iter().collect(),
-        report_data: None,
-        tcb: TcbRules {
-            accepted: vec![TcbStatus::UpToDate],
-            grace_days: None,
-            collateral_max_age_days: None,
-            rejected_advisories: vec![],
-        },
-        tdx: None,
-        snp: None,
-        simulated: None,
-        source: PolicyFile {
-            version: 1,
-            platforms: vec![Platform::Tdx, Platform::Snp],
-            report_data: None,
-            tcb: TcbFile::default(),
-            tdx: None,
-            snp: None,
-            simulated: None,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,6 +494,8 @@ mod tests {
         assert!(!p.allows(Platform::Simulated));
         assert_eq!(p.tcb.accepted, vec![TcbStatus::UpToDate]);
         assert!(!p.pins_measurements(Platform::Tdx));
+        let built = Policy::build(p.to_file().clone(), false).expect("baseline validates");
+        assert_eq!(built, p);
     }
 
     #[test]

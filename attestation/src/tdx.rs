@@ -200,29 +200,34 @@ pub fn parse_collateral(json: &[u8]) -> Result<QuoteCollateralV3, ParseError> {
         .map_err(|e| ParseError::Collateral(format!("not dcap-qvl/PCS collateral JSON: {e}")))
 }
 
-/// Issue dates of the signed JSON collateral (TCB info, QE identity).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct CollateralDates {
-    /// The older of the two issue dates.
+/// Dates of the signed JSON collateral (TCB info and QE identity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CollateralDates {
+    /// The older of the two `issueDate`s.
     pub issued: Timestamp,
+    /// The earlier of the two `nextUpdate`s: after it the collateral is stale.
+    pub next_update: Timestamp,
 }
 
-pub(crate) fn collateral_dates(
-    collateral: &QuoteCollateralV3,
-) -> Result<CollateralDates, ParseError> {
-    fn issue_date(what: &str, json: &str) -> Result<Timestamp, ParseError> {
+/// Read the issue and next-update dates of Intel collateral.
+pub fn collateral_dates(collateral: &QuoteCollateralV3) -> Result<CollateralDates, ParseError> {
+    fn dates(what: &str, json: &str) -> Result<(Timestamp, Timestamp), ParseError> {
         let value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| ParseError::Collateral(format!("{what}: {e}")))?;
-        let date = value
-            .get("issueDate")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| ParseError::Collateral(format!("{what} has no issueDate")))?;
-        Timestamp::from_rfc3339_field(what, date)
+        let field = |name: &str| -> Result<Timestamp, ParseError> {
+            let date = value
+                .get(name)
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| ParseError::Collateral(format!("{what} has no {name}")))?;
+            Timestamp::from_rfc3339_field(what, date)
+        };
+        Ok((field("issueDate")?, field("nextUpdate")?))
     }
-    let tcb = issue_date("TCB info", &collateral.tcb_info)?;
-    let qe = issue_date("QE identity", &collateral.qe_identity)?;
+    let (tcb_issued, tcb_next) = dates("TCB info", &collateral.tcb_info)?;
+    let (qe_issued, qe_next) = dates("QE identity", &collateral.qe_identity)?;
     Ok(CollateralDates {
-        issued: tcb.min(qe),
+        issued: tcb_issued.min(qe_issued),
+        next_update: tcb_next.min(qe_next),
     })
 }
 

@@ -104,7 +104,9 @@ impl CollateralStore {
         quote: &TdxQuote,
         collateral: &QuoteCollateralV3,
     ) -> Result<(), CollateralError> {
-        let expires_at = tdx_expiry(collateral).map_err(CollateralError::Evidence)?;
+        let expires_at = chrysalis_attestation::tdx::collateral_dates(collateral)
+            .map_err(|e| CollateralError::Evidence(e.to_string()))?
+            .next_update;
         let entry = CachedTdx {
             expires_at: expires_at.secs(),
             collateral: collateral.clone(),
@@ -272,20 +274,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CollateralError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
-}
-
-/// The earliest `nextUpdate` of the signed JSON collateral.
-pub fn tdx_expiry(collateral: &QuoteCollateralV3) -> Result<Timestamp, String> {
-    let next = |what: &str, json: &str| -> Result<Timestamp, String> {
-        let v: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| format!("{what}: {e}"))?;
-        let d = v
-            .get("nextUpdate")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| format!("{what} has no nextUpdate"))?;
-        Timestamp::parse(d).map_err(|e| e.to_string())
-    };
-    Ok(next("TCB info", &collateral.tcb_info)?.min(next("QE identity", &collateral.qe_identity)?))
 }
 
 fn vcek_cache_name(product: &str, q: &KdsQuery) -> String {

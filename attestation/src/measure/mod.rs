@@ -298,9 +298,24 @@ impl VmSpec {
                 "unknown vCPU type {vcpu_type:?} (e.g. EPYC-Milan, EPYC-Genoa, EPYC-Turin)"
             ))
         })?;
-        // Check the files here first, so a missing file is a clear I/O error naming it.
-        let fw = read(&self.firmware)?;
+        // Check the files here first, so a missing file is a clear I/O error naming it. `sev`
+        // reads them itself (it takes paths); the firmware is read here only when its
+        // kernel-hashes section must be checked.
+        for p in [
+            Some(&self.firmware),
+            self.kernel.as_ref(),
+            self.initrd.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            std::fs::metadata(p).map_err(|source| MeasureError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        }
         if self.kernel.is_some() {
+            let fw = read(&self.firmware)?;
             let sev_hash_table = tdvf::guid(
                 0x7255_371f,
                 0x3a3b,
@@ -315,12 +330,6 @@ impl VmSpec {
                     "kernel given but this firmware has no SEV kernel-hashes section (use an OvmfPkg/AmdSev build)".into(),
                 ));
             }
-        }
-        for p in [&self.kernel, &self.initrd].into_iter().flatten() {
-            std::fs::metadata(p).map_err(|source| MeasureError::Io {
-                path: p.clone(),
-                source,
-            })?;
         }
         let args = SnpMeasurementArgs {
             vcpus: self.vcpus,
