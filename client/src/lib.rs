@@ -8,4 +8,5 @@
 
 pub mod collateral;
 pub mod inputs;
+pub mod remote;
 pub mod report;

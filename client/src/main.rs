@@ -15,7 +15,9 @@ use chrysalis_client::inputs::{
 use chrysalis_client::report::{verdict_json, verdict_text, SIMULATED_WARNING};
 use clap::{Parser, Subcommand};
 
-/// Chrysalis: verify confidential-computing evidence, and (soon) talk to attested enclaves.
+mod remote_cmd;
+
+/// Chrysalis: verify confidential-computing evidence and talk to attested enclaves.
 #[derive(Debug, Parser)]
 #[command(name = "chrysalis", version, about, propagate_version = true)]
 struct Cli {
@@ -36,6 +38,56 @@ enum Command {
     /// Replay a TDX event log (CCEL binary or JSON) to RTMR0..3, list its events, and compare
     /// with a quote's RTMRs.
     Eventlog(EventlogArgs),
+    /// Connect to an enclave, verify its evidence (in the RA-TLS handshake and fresh over a
+    /// nonce) against the policy, and print the verdict. Exit 0 accepted, 1 rejected.
+    Attest(AttestArgs),
+    /// Verify an enclave, then seal a prompt to its attested key and stream the answer.
+    /// Nothing of the prompt leaves this process unless verification succeeded. Exit 0 only
+    /// when the whole, verified answer arrived.
+    Chat(ChatArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RemotePolicyArgs {
+    /// Policy file (TOML). Default: the baseline policy (real TDX/SNP only).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Also accept the development simulator (NOT CONFIDENTIAL).
+    #[arg(long)]
+    allow_simulated: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct AttestArgs {
+    /// The enclave (or relay): https://HOST:PORT
+    url: String,
+    #[command(flatten)]
+    policy: RemotePolicyArgs,
+    /// Print the verdict as JSON (the object `chrysalis verify --json` prints).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ChatArgs {
+    /// The enclave (or relay): https://HOST:PORT
+    url: String,
+    /// The prompt.
+    prompt: String,
+    #[command(flatten)]
+    policy: RemotePolicyArgs,
+    /// Most tokens in the answer.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Model name (default: the enclave's default model).
+    #[arg(long, default_value = "")]
+    model: String,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// A system message.
+    #[arg(long)]
+    system: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +227,17 @@ fn main() -> ExitCode {
         Command::Measure(MeasureCommand::Tdx(args)) => measure_tdx(args),
         Command::Measure(MeasureCommand::Snp(args)) => measure_snp(args),
         Command::Eventlog(args) => eventlog(args),
+        Command::Attest(args) => remote_cmd::attest(args.url, &args.policy.policy, args.policy.allow_simulated, args.json),
+        Command::Chat(args) => remote_cmd::chat(remote_cmd::ChatOptions {
+            url: args.url,
+            prompt: args.prompt,
+            policy: args.policy.policy,
+            allow_simulated: args.policy.allow_simulated,
+            max_tokens: args.max_tokens,
+            model: args.model,
+            temperature: args.temperature,
+            system: args.system,
+        }),
     };
     match result {
         Ok(code) => code,

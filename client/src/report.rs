@@ -67,6 +67,22 @@ pub fn verdict_json(
     }
 }
 
+/// The JSON verdict for evidence rejected by a check beyond the verifier's (key binding,
+/// configuration, transport): same keys as [`verdict_json`]'s rejection.
+pub fn rejection_json(platform: Option<Platform>, reason: &str) -> Value {
+    let mut out = json!({
+        "verdict": "rejected",
+        "platform": platform.map(|p| p.as_str()),
+        "tcb_status": Value::Null,
+        "reason": reason,
+        "measurements": Value::Null,
+    });
+    if platform == Some(Platform::Simulated) {
+        set(&mut out, "warning", json!(SIMULATED_WARNING));
+    }
+    out
+}
+
 fn platform_name(p: Platform) -> &'static str {
     match p {
         Platform::Tdx => "Intel TDX",

@@ -1,7 +1,18 @@
 //! The Chrysalis enclave runtime: the process inside the confidential VM.
 //!
-//! Will own: the `TeeDevice` trait and its TDX (configfs-tsm, `/dev/tdx_guest`), SNP
-//! (configfs-tsm, `/dev/sev-guest`) and simulated backends; HPKE and TLS keys born inside the VM
-//! and bound into `report_data`; the measured configuration (RTMR3 / HOST_DATA); the GPU check;
-//! and the sealed-prompt inference service. Not implemented yet: see the enclave issue.
-#![forbid(unsafe_code)]
+//! - [`tee`]: the `TeeDevice` trait and its TDX (configfs-tsm, `/dev/tdx_guest` + QGS), SNP
+//!   (configfs-tsm, `/dev/sev-guest`) and simulated backends.
+//! - [`gpu`]: the `GpuDevice` trait; NVIDIA confidential-computing GPUs through NVML.
+//! - [`identity`]: HPKE and TLS keys born inside, bound into `report_data`; the measured
+//!   configuration; cached and nonce-fresh evidence; the RA-TLS certificate.
+//! - [`server`]: the sealed-prompt gRPC service. [`generate`]: the engine alone.
+//!
+//! `unsafe` is denied everywhere except [`tee::ioctl`], the TDX guest ioctl.
+#![deny(unsafe_code)]
+
+pub mod generate;
+pub mod gpu;
+pub mod identity;
+pub mod serve;
+pub mod server;
+pub mod tee;

@@ -1,47 +1,21 @@
-//! Chrysalis wire types (protobuf, prost).
+//! Chrysalis wire types (protobuf, prost) and the `Enclave` gRPC service (tonic).
 //!
-//! Will own the enclave protocol: `Attest(nonce) -> EvidenceBundle`, `ListModels`,
-//! `Generate(SealedRequest) -> stream SealedChunk` and `Health`, carried over gRPC on RA-TLS.
-//! Wire types stay here, apart from the domain types in `chrysalis-attestation`, which are built
-//! from them with `TryFrom` and validated once.
+//! `Attest(nonce) -> EvidenceBundle`, `ListModels`, `Generate(SealedRequest) -> stream
+//! SealedChunk` and `Health`, carried over gRPC on RA-TLS. The schema is
+//! `proto/chrysalis.proto`. Wire types stay here, apart from the domain types in
+//! `chrysalis-attestation`, which are built from them and validated once.
 #![forbid(unsafe_code)]
 
-/// Which TEE produced the evidence in a bundle. Unknown values survive a round trip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum Platform {
-    /// Not set: always rejected.
-    Unspecified = 0,
-    /// Intel TDX.
-    Tdx = 1,
-    /// AMD SEV-SNP.
-    Snp = 2,
-    /// The development simulator (not confidential).
-    Simulated = 3,
+/// Version 1 of the protocol (generated).
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("chrysalis.v1");
 }
 
-/// Evidence with its endorsements, as the enclave and host agent serve it.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct EvidenceBundle {
-    /// Bundle version.
-    #[prost(uint32, tag = "1")]
-    pub version: u32,
-    /// Platform.
-    #[prost(enumeration = "Platform", tag = "2")]
-    pub platform: i32,
-    /// Raw quote or report.
-    #[prost(bytes = "vec", tag = "3")]
-    pub evidence: Vec<u8>,
-    /// Intel collateral JSON (PCS / dcap-qvl format), when the host has cached it.
-    #[prost(bytes = "vec", tag = "4")]
-    pub tdx_collateral_json: Vec<u8>,
-    /// VCEK or VLEK, DER.
-    #[prost(bytes = "vec", tag = "5")]
-    pub vcek_der: Vec<u8>,
-    /// ASK/ARK chain, PEM.
-    #[prost(bytes = "vec", tag = "6")]
-    pub cert_chain_pem: Vec<u8>,
-}
+pub mod binding;
+pub mod seal;
+
+pub use v1::*;
 
 #[cfg(test)]
 mod tests {
@@ -49,7 +23,7 @@ mod tests {
     use prost::Message;
 
     #[test]
-    fn bundle_round_trip() {
+    fn bundle_round_trip_and_garbage_is_an_error() {
         let b = EvidenceBundle {
             version: 1,
             platform: Platform::Snp as i32,
@@ -59,5 +33,13 @@ mod tests {
         let bytes = b.encode_to_vec();
         assert_eq!(EvidenceBundle::decode(bytes.as_slice()).ok(), Some(b));
         assert!(EvidenceBundle::decode(&[0xff, 0xff][..]).is_err());
+    }
+
+    #[test]
+    fn unknown_platform_values_survive() {
+        let b = EvidenceBundle { platform: 42, ..Default::default() };
+        let d = EvidenceBundle::decode(b.encode_to_vec().as_slice()).expect("decodes");
+        assert_eq!(d.platform, 42);
+        assert!(Platform::try_from(d.platform).is_err());
     }
 }

@@ -1,0 +1,478 @@
+//! Talking to an attested enclave: RA-TLS, evidence checks, sealed requests, verified streams.
+//!
+//! Order of operations, which is the point of the design:
+//! 1. TLS handshake with a verifier that accepts the peer only if its certificate carries
+//!    evidence that verifies under the policy and binds this certificate's key.
+//! 2. Only then is the request sealed (HPKE) to the attested key and sent.
+//! 3. Every answer chunk is opened in order; the answer counts only when the chunk marked last
+//!    arrived. If any step fails, nothing of the prompt has left the process.
+
+use std::sync::{Arc, Mutex};
+
+use chrysalis_attestation::measure::eventlog::replay_json;
+use chrysalis_attestation::verify::Measurements;
+use chrysalis_attestation::{Evidence, Platform, Policy, Timestamp, VerifiedEvidence, Verifier, VerifyError};
+use chrysalis_proto::binding::{self, BindingInputs, BINDING_VERSION};
+use chrysalis_proto::enclave_client::EnclaveClient;
+use chrysalis_proto::seal::{seal_request, SealError};
+use chrysalis_proto::{AttestRequest, EvidenceBundle, GpuStatus, SealedChunk};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256, Sha384};
+use zeroize::Zeroizing;
+
+/// OID of the RA-TLS evidence extension (see docs/protocol.md).
+pub const RATLS_EXTENSION_OID: &str = "1.3.6.1.4.1.62830.1.1";
+
+/// Why talking to an enclave failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The URL is not `https://HOST:PORT`.
+    #[error("bad URL {0:?}: expected https://HOST:PORT")]
+    Url(String),
+    /// The evidence was rejected.
+    #[error("attestation rejected: {0}")]
+    Rejected(String),
+    /// Connection or TLS failure.
+    #[error("cannot connect to {url}: {message}")]
+    Connect {
+        /// URL.
+        url: String,
+        /// Cause.
+        message: String,
+    },
+    /// The enclave answered with an error status.
+    #[error("the enclave refused: {0}")]
+    Status(String),
+    /// The sealed stream failed its checks.
+    #[error("the answer failed verification: {0}")]
+    Seal(#[from] SealError),
+    /// The enclave's answer could not be understood.
+    #[error("malformed answer: {0}")]
+    Protocol(String),
+}
+
+/// What a verified peer proved.
+#[derive(Debug, Clone)]
+pub struct PeerAttestation {
+    /// The verified evidence.
+    pub verified: VerifiedEvidence,
+    /// The bundle it came in.
+    pub bundle: EvidenceBundle,
+    /// The attested HPKE public key.
+    pub hpke_public_key: [u8; 32],
+    /// The measured configuration (JSON), checked against the evidence.
+    pub config: serde_json::Value,
+}
+
+impl PeerAttestation {
+    /// The platform.
+    pub fn platform(&self) -> Platform {
+        self.verified.platform()
+    }
+
+    /// GPU status as the enclave declared it (bound into the evidence).
+    pub fn gpu_status(&self) -> GpuStatus {
+        GpuStatus::try_from(self.bundle.gpu_status).unwrap_or(GpuStatus::Unspecified)
+    }
+}
+
+fn reject(m: impl Into<String>) -> RemoteError {
+    RemoteError::Rejected(m.into())
+}
+
+/// Check a bundle completely: evidence under `policy` at `now`, the key binding for this TLS key
+/// and `nonce`, and the measured configuration.
+pub fn verify_bundle(
+    bundle: &EvidenceBundle,
+    tls_spki_sha256: &[u8; 32],
+    nonce: &[u8],
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<PeerAttestation, RemoteError> {
+    if bundle.version != 1 {
+        return Err(reject(format!("unsupported bundle version {}", bundle.version)));
+    }
+    if bundle.binding_version != BINDING_VERSION {
+        return Err(reject(format!("unsupported binding version {}", bundle.binding_version)));
+    }
+    let evidence = Evidence::from_bytes(&bundle.evidence).map_err(|e| reject(e.to_string()))?;
+    let declared = match chrysalis_proto::Platform::try_from(bundle.platform) {
+        Ok(chrysalis_proto::Platform::Tdx) => Platform::Tdx,
+        Ok(chrysalis_proto::Platform::Snp) => Platform::Snp,
+        Ok(chrysalis_proto::Platform::Simulated) => Platform::Simulated,
+        _ => return Err(reject(format!("unknown platform {}", bundle.platform))),
+    };
+    if declared != evidence.platform() {
+        return Err(reject(format!("bundle says {declared} but the evidence is {}", evidence.platform())));
+    }
+    let mut endorsements = chrysalis_attestation::verify::Endorsements::default();
+    if !bundle.tdx_collateral_json.is_empty() {
+        endorsements.tdx_collateral = Some(
+            serde_json::from_slice(&bundle.tdx_collateral_json).map_err(|e| reject(format!("TDX collateral: {e}")))?,
+        );
+    }
+    if !bundle.vcek_der.is_empty() {
+        endorsements.vcek = Some(
+            chrysalis_attestation::snp::parse_certificate("VCEK", &bundle.vcek_der).map_err(|e| reject(e.to_string()))?,
+        );
+    }
+    if !bundle.cert_chain_pem.is_empty() {
+        endorsements.cert_chain =
+            chrysalis_attestation::snp::parse_pem_chain(&bundle.cert_chain_pem).map_err(|e| reject(e.to_string()))?;
+    }
+    let verified = Verifier::new()
+        .verify(&evidence, &endorsements, policy, now)
+        .map_err(|e: VerifyError| reject(e.to_string()))?;
+    if bundle.tls_spki_sha256.as_slice() != tls_spki_sha256 {
+        return Err(reject("the evidence is bound to another TLS key than this connection's"));
+    }
+    if bundle.nonce.as_slice() != nonce {
+        return Err(reject("the evidence is not over our nonce (replayed evidence?)"));
+    }
+    let hpke_public_key: [u8; 32] = bundle
+        .hpke_public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| reject("HPKE public key is not 32 bytes"))?;
+    let gpu_status = GpuStatus::try_from(bundle.gpu_status).unwrap_or(GpuStatus::Unspecified);
+    if gpu_status == GpuStatus::Unspecified {
+        return Err(reject("the bundle does not say whether a GPU was checked"));
+    }
+    let gpu_digest = binding::gpu_digest(gpu_status, &bundle.gpus);
+    let want = binding::report_data_v1(&BindingInputs {
+        hpke_public_key: &hpke_public_key,
+        tls_spki_sha256,
+        gpu_digest: &gpu_digest,
+        nonce,
+    });
+    if verified.report_data() != &want {
+        return Err(reject("report_data does not bind the enclave's keys, GPU evidence and nonce"));
+    }
+    check_config(&verified, bundle)?;
+    let config = serde_json::from_slice(&bundle.config_json).map_err(|e| reject(format!("configuration: {e}")))?;
+    Ok(PeerAttestation { verified, bundle: bundle.clone(), hpke_public_key, config })
+}
+
+/// The configuration in the bundle must be the one the evidence measures.
+fn check_config(verified: &VerifiedEvidence, bundle: &EvidenceBundle) -> Result<(), RemoteError> {
+    match verified.measurements() {
+        Measurements::Simulated(m) => {
+            let d: [u8; 48] = Sha384::digest(&bundle.config_json).into();
+            if d != m.config_digest {
+                return Err(reject("the configuration does not match the simulated evidence's config_digest"));
+            }
+        }
+        Measurements::Snp(m) => {
+            let d: [u8; 32] = Sha256::digest(&bundle.config_json).into();
+            if d != m.host_data {
+                return Err(reject("the configuration does not match HOST_DATA"));
+            }
+        }
+        Measurements::Tdx(m) => {
+            let log = std::str::from_utf8(&bundle.event_log_json).map_err(|_| reject("event log is not UTF-8"))?;
+            let rtmrs = replay_json(log).map_err(|e| reject(format!("event log: {e}")))?;
+            if rtmrs.rtmr.get(3) != m.rtmr.get(3) {
+                return Err(reject("the event log does not reproduce RTMR3"));
+            }
+            let events: Vec<serde_json::Value> = serde_json::from_str(log).map_err(|e| reject(e.to_string()))?;
+            let has_config = events.iter().any(|e| {
+                e.get("event").and_then(|v| v.as_str()) == Some("chrysalis-config")
+                    && e.get("event_payload").and_then(|v| v.as_str()) == Some(hex::encode(&bundle.config_json).as_str())
+            });
+            if !has_config {
+                return Err(reject("RTMR3's event log does not contain this configuration"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parse an RA-TLS certificate: the bundle it carries and the SHA-256 of its key.
+pub fn parse_ratls_cert(der: &[u8]) -> Result<(EvidenceBundle, [u8; 32], Vec<u8>), RemoteError> {
+    use prost::Message;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| reject(format!("certificate: {e}")))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    let spki_sha256: [u8; 32] = Sha256::digest(spki).into();
+    let ext = cert
+        .tbs_certificate
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == RATLS_EXTENSION_OID)
+        .ok_or_else(|| reject("the server certificate carries no Chrysalis evidence (not an RA-TLS enclave)"))?;
+    if !ext.critical {
+        return Err(reject("the evidence extension is not marked critical"));
+    }
+    let bundle = EvidenceBundle::decode(ext.value).map_err(|e| reject(format!("evidence extension: {e}")))?;
+    Ok((bundle, spki_sha256, spki.to_vec()))
+}
+
+/// The rustls verifier of an RA-TLS server: accepts exactly the peers whose evidence verifies.
+#[derive(Debug)]
+pub struct RaTlsVerifier {
+    policy: Policy,
+    now: Timestamp,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    outcome: Mutex<Option<Result<(PeerAttestation, Vec<u8>), String>>>,
+}
+
+impl RaTlsVerifier {
+    /// A verifier for `policy` at `now`.
+    pub fn new(policy: Policy, now: Timestamp) -> Self {
+        Self { policy, now, provider: Arc::new(rustls::crypto::ring::default_provider()), outcome: Mutex::new(None) }
+    }
+
+    /// What the handshake proved (or why it failed).
+    pub fn outcome(&self) -> Option<Result<PeerAttestation, String>> {
+        self.outcome.lock().ok()?.clone().map(|r| r.map(|(a, _)| a))
+    }
+
+    fn spki_for(&self, cert: &CertificateDer<'_>) -> Result<Vec<u8>, rustls::Error> {
+        match self.outcome.lock().ok().and_then(|o| o.clone()) {
+            Some(Ok((_, spki))) => {
+                let (_, _, this) = parse_ratls_cert(cert).map_err(|e| rustls::Error::General(e.to_string()))?;
+                if this == spki {
+                    Ok(spki)
+                } else {
+                    Err(rustls::Error::General("certificate changed during the handshake".into()))
+                }
+            }
+            _ => Err(rustls::Error::General("peer not verified".into())),
+        }
+    }
+}
+
+impl ServerCertVerifier for RaTlsVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let result = parse_ratls_cert(end_entity).and_then(|(bundle, spki_sha256, spki)| {
+            verify_bundle(&bundle, &spki_sha256, &[], &self.policy, self.now).map(|a| (a, spki))
+        });
+        let ok = result.is_ok();
+        let msg = result.as_ref().err().map(ToString::to_string);
+        if let Ok(mut o) = self.outcome.lock() {
+            *o = Some(result.map_err(|e| e.to_string()));
+        }
+        if ok {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(msg.unwrap_or_default()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("RA-TLS requires TLS 1.3".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The certificate's critical private extension is unknown to webpki, so the signature is
+        // checked against the raw SubjectPublicKeyInfo we verified above.
+        let spki = self.spki_for(cert)?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(spki.as_slice()),
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `https://HOST:PORT` → (host, port).
+pub fn parse_url(url: &str) -> Result<(String, u16), RemoteError> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| RemoteError::Url(url.into()))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| RemoteError::Url(url.into()))?;
+    let port: u16 = port.parse().map_err(|_| RemoteError::Url(url.into()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') {
+        return Err(RemoteError::Url(url.into()));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// An attested connection.
+#[derive(Debug)]
+pub struct Attested {
+    /// The gRPC client (over the verified TLS connection).
+    pub client: EnclaveClient<tonic::transport::Channel>,
+    /// What the peer proved in the handshake.
+    pub attestation: PeerAttestation,
+}
+
+/// Connect to `url`, verifying the enclave in the TLS handshake.
+pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attested, RemoteError> {
+    let (host, port) = parse_url(url)?;
+    let verifier = Arc::new(RaTlsVerifier::new(policy.clone(), now));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| RemoteError::Url(url.into()))?
+        .to_owned();
+    // Handshake once here, so a rejection is reported as such before anything else happens.
+    let addr = format!("{host}:{port}");
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?;
+    let tls = connector.connect(server_name.clone(), tcp).await;
+    let attestation = match (tls, verifier.outcome()) {
+        (Ok(stream), Some(Ok(a))) => {
+            drop(stream);
+            a
+        }
+        (_, Some(Err(reason))) => return Err(RemoteError::Rejected(reason)),
+        (Err(e), _) => return Err(RemoteError::Connect { url: url.into(), message: e.to_string() }),
+        (Ok(_), None) => return Err(reject("the handshake completed without evidence")),
+    };
+    let expected_spki = attestation.bundle.tls_spki_sha256.clone();
+    // The gRPC channel makes its own connections through the same verifier, and each must
+    // present the very key that was attested.
+    let conn = connector.clone();
+    let name = server_name.clone();
+    let v2 = verifier.clone();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?;
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_uri: http::Uri| {
+            let conn = conn.clone();
+            let name = name.clone();
+            let addr = addr.clone();
+            let v2 = v2.clone();
+            let expected = expected_spki.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let tls = conn.connect(name, tcp).await?;
+                match v2.outcome() {
+                    Some(Ok(a)) if a.bundle.tls_spki_sha256 == expected => {}
+                    _ => return Err(std::io::Error::other("the enclave's key changed since it was attested")),
+                }
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?;
+    Ok(Attested { client: EnclaveClient::new(channel), attestation })
+}
+
+/// Ask for fresh evidence over a random nonce and verify it (proves liveness of the key).
+pub async fn attest_fresh(a: &mut Attested, policy: &Policy, now: Timestamp) -> Result<PeerAttestation, RemoteError> {
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let bundle = a
+        .client
+        .attest(AttestRequest { nonce: nonce.to_vec() })
+        .await
+        .map_err(|s| RemoteError::Status(s.message().to_owned()))?
+        .into_inner();
+    let spki: [u8; 32] = a
+        .attestation
+        .bundle
+        .tls_spki_sha256
+        .as_slice()
+        .try_into()
+        .map_err(|_| reject("bad TLS key hash"))?;
+    let fresh = verify_bundle(&bundle, &spki, &nonce, policy, now)?;
+    if fresh.hpke_public_key != a.attestation.hpke_public_key {
+        return Err(reject("fresh evidence names another HPKE key than the handshake's"));
+    }
+    Ok(fresh)
+}
+
+/// One piece of a verified answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnswerPiece {
+    /// Text.
+    Text(String),
+    /// The end, with the enclave's totals (JSON).
+    Done(serde_json::Value),
+}
+
+/// Seal a chat request (JSON body) to the attested key and stream the verified answer.
+/// `on_piece` sees each piece as it is opened; the function returns Ok only when the whole
+/// answer, up to the chunk marked last, arrived and verified.
+pub async fn generate(
+    a: &mut Attested,
+    body: &serde_json::Value,
+    mut on_piece: impl FnMut(&AnswerPiece),
+) -> Result<serde_json::Value, RemoteError> {
+    let plain = Zeroizing::new(serde_json::to_vec(body).map_err(|e| RemoteError::Protocol(e.to_string()))?);
+    let (sealed, mut opener) = seal_request(&a.attestation.hpke_public_key, &plain)?;
+    drop(plain);
+    let mut stream = a
+        .client
+        .generate(sealed)
+        .await
+        .map_err(|s| RemoteError::Status(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    loop {
+        let chunk: Option<SealedChunk> =
+            stream.message().await.map_err(|s| RemoteError::Status(format!("{:?}: {}", s.code(), s.message())))?;
+        let Some(chunk) = chunk else {
+            opener.finish()?;
+            return Err(RemoteError::Protocol("stream ended after its last chunk without a result".into()));
+        };
+        let (plain, last) = opener.open(&chunk)?;
+        let v: serde_json::Value = serde_json::from_slice(&plain).map_err(|e| RemoteError::Protocol(e.to_string()))?;
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("text") if !last => {
+                let t = v.get("text").and_then(|t| t.as_str()).unwrap_or("").to_owned();
+                on_piece(&AnswerPiece::Text(t));
+            }
+            Some("done") if last => {
+                let usage = v.get("usage").cloned().unwrap_or_default();
+                on_piece(&AnswerPiece::Done(usage.clone()));
+                // Nothing may follow the last chunk.
+                if let Ok(Some(_)) = stream.message().await {
+                    return Err(SealError::AfterLast.into());
+                }
+                return Ok(usage);
+            }
+            Some("error") if last => {
+                let m = v.get("message").and_then(|t| t.as_str()).unwrap_or("unknown error");
+                return Err(RemoteError::Status(m.to_owned()));
+            }
+            _ => return Err(RemoteError::Protocol("unexpected chunk".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("https://127.0.0.1:7443").ok(), Some(("127.0.0.1".into(), 7443)));
+        assert_eq!(parse_url("https://[::1]:7443/").ok(), Some(("::1".into(), 7443)));
+        for bad in ["http://x:1", "https://x", "https://:1", "https://x:99999", "x:1"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}

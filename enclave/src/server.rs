@@ -1,0 +1,230 @@
+//! The gRPC service on RA-TLS: `Attest`, `ListModels`, `Generate` (sealed), `Health`.
+//!
+//! The only place a prompt is decrypted. Nothing of a request body or an answer is logged;
+//! errors sent to clients name what was wrong, never what was asked.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrysalis_inference::{Event, GenerateRequest, InferenceError, Scheduler};
+use chrysalis_proto::enclave_server::{Enclave, EnclaveServer};
+use chrysalis_proto::seal::SealError;
+use chrysalis_proto::{
+    AttestRequest, EvidenceBundle, HealthRequest, HealthResponse, ListModelsRequest, ListModelsResponse, ModelInfo,
+    SealedChunk, SealedRequest,
+};
+use serde::{Deserialize, Serialize};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::identity::{Identity, IdentityError};
+
+/// Plaintext of an answer chunk (inside the seal).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChunkBody {
+    /// Generated text.
+    Text {
+        /// The text.
+        text: String,
+        /// Token ids it came from.
+        tokens: Vec<u32>,
+    },
+    /// The end, with totals.
+    Done {
+        /// Totals.
+        usage: chrysalis_inference::Usage,
+    },
+    /// Failure after the answer started: the stream ends here.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The service state.
+#[derive(Debug)]
+pub struct EnclaveService {
+    identity: Arc<Identity>,
+    scheduler: Arc<Scheduler>,
+    generate_requests: std::sync::atomic::AtomicU64,
+}
+
+impl EnclaveService {
+    /// A service.
+    pub fn new(identity: Arc<Identity>, scheduler: Arc<Scheduler>) -> Self {
+        Self { identity, scheduler, generate_requests: std::sync::atomic::AtomicU64::new(0) }
+    }
+}
+
+fn inference_status(e: &InferenceError) -> Status {
+    match e {
+        InferenceError::UnknownModel(_) => Status::not_found(e.to_string()),
+        InferenceError::BadRequest(_) | InferenceError::ContextTooLong { .. } => Status::invalid_argument(e.to_string()),
+        InferenceError::Busy(_) => Status::resource_exhausted(e.to_string()),
+        InferenceError::ShuttingDown => Status::unavailable(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn seal_status(e: &SealError) -> Status {
+    match e {
+        SealError::WrongRecipient => Status::failed_precondition(format!("{e}: attest again and re-seal")),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+fn identity_status(e: &IdentityError) -> Status {
+    match e {
+        IdentityError::Nonce(_) => Status::invalid_argument(e.to_string()),
+        IdentityError::RateLimited(_) => Status::resource_exhausted(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<SealedChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Enclave for EnclaveService {
+    async fn attest(&self, request: Request<AttestRequest>) -> Result<Response<EvidenceBundle>, Status> {
+        let nonce = request.into_inner().nonce;
+        let id = Arc::clone(&self.identity);
+        let bundle = tokio::task::spawn_blocking(move || id.evidence(&nonce))
+            .await
+            .map_err(|_| Status::internal("evidence task failed"))?
+            .map_err(|e| identity_status(&e))?;
+        Ok(Response::new(bundle))
+    }
+
+    async fn list_models(&self, _: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        let models = self
+            .scheduler
+            .engine()
+            .models()
+            .map(|m| ModelInfo {
+                name: m.identity.name.clone(),
+                sha256: m.identity.sha256.to_vec(),
+                size: m.identity.size,
+                architecture: m.identity.architecture.clone(),
+                context_length: u32::try_from(m.identity.context_length).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Ok(Response::new(ListModelsResponse { models }))
+    }
+
+    type GenerateStream = ChunkStream;
+
+    async fn generate(&self, request: Request<SealedRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        self.generate_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let sealed = request.into_inner();
+        let (body, mut sealer) = self.identity.hpke().open_request(&sealed).map_err(|e| seal_status(&e))?;
+        let req: GenerateRequest = serde_json::from_slice(&body)
+            // serde's message may quote the input: only its position is passed on.
+            .map_err(|e| Status::invalid_argument(format!("request body is not a valid request (line {}, column {})", e.line(), e.column())))?;
+        drop(body);
+        let mut events = self.scheduler.submit(&req).map_err(|e| inference_status(&e))?;
+        drop(req);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<SealedChunk, Status>>(64);
+        tokio::spawn(async move {
+            let mut pending_text = String::new();
+            let mut pending_tokens = Vec::new();
+            while let Some(ev) = events.recv().await {
+                let (body, last) = match ev {
+                    Ok(Event::Token { id, text }) => {
+                        pending_tokens.push(id);
+                        pending_text.push_str(&text);
+                        // Send text as soon as there is some; token ids ride along.
+                        if pending_text.is_empty() {
+                            continue;
+                        }
+                        (
+                            ChunkBody::Text { text: std::mem::take(&mut pending_text), tokens: std::mem::take(&mut pending_tokens) },
+                            false,
+                        )
+                    }
+                    Ok(Event::Done(usage)) => (ChunkBody::Done { usage }, true),
+                    Err(e) => (ChunkBody::Error { message: e.to_string() }, true),
+                };
+                let plain = Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default());
+                let item = sealer.seal(&plain, last).map_err(|e| Status::internal(e.to_string()));
+                if tx.send(item).await.is_err() {
+                    // The client went away: dropping `events` cancels the sequence.
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+            // The scheduler ended the stream without a last event: tell the client.
+            let _ = tx.send(Err(Status::internal("generation ended unexpectedly"))).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(HealthResponse {
+            status: if self.identity.is_simulated() { "serving (SIMULATED TEE: NOT CONFIDENTIAL)" } else { "serving" }.into(),
+            platform: self.identity.platform() as i32,
+            queued: u32::try_from(self.scheduler.queued()).unwrap_or(u32::MAX),
+            version: env!("CARGO_PKG_VERSION").into(),
+            generate_requests: self.generate_requests.load(std::sync::atomic::Ordering::SeqCst),
+        }))
+    }
+}
+
+use zeroize::Zeroizing;
+
+/// The rustls server configuration of the RA-TLS endpoint (TLS 1.3 only, ALPN h2).
+pub fn tls_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        identity.tls().key_der.to_vec(),
+    ));
+    let cert = rustls::pki_types::CertificateDer::from(identity.tls().cert_der.clone());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Serve on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    identity: Arc<Identity>,
+    scheduler: Arc<Scheduler>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&identity)?));
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>(16);
+    let accept_loop = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            let conn_tx = conn_tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(target: "chrysalis::server", %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(target: "chrysalis::server", %peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let svc = EnclaveService::new(identity, scheduler);
+    let result = tonic::transport::Server::builder()
+        .add_service(EnclaveServer::new(svc))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), shutdown)
+        .await;
+    accept_loop.abort();
+    result.map_err(Into::into)
+}
+
+/// Bind a listener.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    Ok(tokio::net::TcpListener::bind(addr).await?)
+}

@@ -1,0 +1,413 @@
+//! Byte-level BPE tokenizer built from GGUF metadata (`tokenizer.ggml.*`).
+//!
+//! GGUF files of the GPT-2 tokenizer family carry the vocabulary (as GPT-2 "byte-to-unicode"
+//! strings), the merge ranks, the token types and the name of the pre-tokenizer
+//! (`tokenizer.ggml.pre`). The pre-tokenizer is what generic loaders get wrong: SmolLM2 isolates
+//! every digit before applying the GPT-2 split, Qwen2 and Llama 3 use their own patterns. We
+//! select the pattern sequence by that name, as llama.cpp does, and refuse names we do not know
+//! rather than guess.
+//!
+//! Special tokens (GGUF token types 3 "control" and 4 "user defined") are recognised literally in
+//! the input, so a chat template's `<|im_start|>` becomes one token.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file;
+use fancy_regex::Regex;
+
+use crate::error::InferenceError;
+
+/// GGUF token type of a control token (`<|im_start|>`, `<|endoftext|>`, ...).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+/// GGUF token type of a user-defined token, also matched literally.
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// The GPT-2 split, as llama.cpp writes it (text no pattern matches stays a piece of its own).
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer patterns for a `tokenizer.ggml.pre` name, applied in order.
+fn pre_tokenizer_patterns(pre: &str) -> Result<&'static [&'static str], InferenceError> {
+    Ok(match pre {
+        "default" | "gpt2" | "gpt-2" => &[GPT2_SPLIT],
+        // SmolLM / SmolLM2: digits isolated first (HF `Digits(individual_digits=true)`).
+        "smollm" => &[r"\p{N}", GPT2_SPLIT],
+        "qwen2" => &[QWEN2_SPLIT],
+        "llama3" | "llama-v3" | "llama-bpe" => &[LLAMA3_SPLIT],
+        other => {
+            return Err(InferenceError::UnsupportedModel(format!(
+                "pre-tokenizer {other:?} is not supported (known: gpt2, smollm, qwen2, llama-bpe)"
+            )))
+        }
+    })
+}
+
+/// GPT-2's reversible map from bytes to printable characters.
+fn byte_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for (b, slot) in table.iter_mut().enumerate() {
+        let printable = matches!(b, 33..=126 | 161..=172 | 174..=255);
+        let code = if printable {
+            b as u32
+        } else {
+            let c = next;
+            next += 1;
+            c
+        };
+        *slot = char::from_u32(code).unwrap_or('\u{fffd}');
+    }
+    table
+}
+
+/// A tokenizer for one model.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    vocab: HashMap<String, u32>,
+    tokens: Vec<String>,
+    special: Vec<bool>,
+    /// Special tokens, longest first, for literal matching.
+    specials_by_len: Vec<(String, u32)>,
+    merges: HashMap<(String, String), u32>,
+    splits: Vec<Regex>,
+    byte_enc: [char; 256],
+    byte_dec: HashMap<char, u8>,
+    /// Token ids that end generation.
+    eog: Vec<u32>,
+    bos: Option<u32>,
+    add_bos: bool,
+    pre: String,
+}
+
+fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a gguf_file::Value> {
+    ct.metadata.get(key)
+}
+
+fn bad(key: &str, why: impl std::fmt::Display) -> InferenceError {
+    InferenceError::BadModel(format!("GGUF metadata {key}: {why}"))
+}
+
+fn string_array(ct: &gguf_file::Content, key: &str) -> Result<Vec<String>, InferenceError> {
+    let v = md(ct, key).ok_or_else(|| bad(key, "missing"))?;
+    let arr = v.to_vec().map_err(|e| bad(key, e))?;
+    arr.iter()
+        .map(|x| x.to_string().cloned().map_err(|e| bad(key, e)))
+        .collect()
+}
+
+fn opt_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
+    md(ct, key).and_then(|v| v.to_u32().ok())
+}
+
+impl Tokenizer {
+    /// Build the tokenizer a GGUF file describes.
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self, InferenceError> {
+        let model = md(ct, "tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| bad("tokenizer.ggml.model", "missing"))?;
+        if model != "gpt2" {
+            return Err(InferenceError::UnsupportedModel(format!(
+                "tokenizer model {model:?}: only byte-level BPE (\"gpt2\") is supported"
+            )));
+        }
+        let pre = md(ct, "tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "default".to_owned());
+        let tokens = string_array(ct, "tokenizer.ggml.tokens")?;
+        let merges_raw = string_array(ct, "tokenizer.ggml.merges")?;
+        let types: Vec<i32> = match md(ct, "tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| bad("tokenizer.ggml.token_type", e))?
+                .iter()
+                .map(|x| x.to_i32().map_err(|e| bad("tokenizer.ggml.token_type", e)))
+                .collect::<Result<_, _>>()?,
+            None => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(bad("tokenizer.ggml.token_type", "length differs from tokens"));
+        }
+        let mut vocab = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            let id = u32::try_from(i).map_err(|_| bad("tokenizer.ggml.tokens", "too many"))?;
+            vocab.entry(t.clone()).or_insert(id);
+        }
+        let mut merges = HashMap::with_capacity(merges_raw.len());
+        for (rank, m) in merges_raw.iter().enumerate() {
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| bad("tokenizer.ggml.merges", format!("entry {rank} has no space")))?;
+            let rank = u32::try_from(rank).map_err(|_| bad("tokenizer.ggml.merges", "too many"))?;
+            merges.entry((a.to_owned(), b.to_owned())).or_insert(rank);
+        }
+        let special: Vec<bool> = types
+            .iter()
+            .map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .collect();
+        let mut specials_by_len: Vec<(String, u32)> = tokens
+            .iter()
+            .zip(&special)
+            .enumerate()
+            .filter(|(_, (t, s))| **s && !t.is_empty())
+            .filter_map(|(i, (t, _))| Some((t.clone(), u32::try_from(i).ok()?)))
+            .collect();
+        specials_by_len.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let splits = pre_tokenizer_patterns(&pre)?
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| InferenceError::Internal(format!("regex: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let byte_enc = byte_to_unicode();
+        let byte_dec = byte_enc.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+
+        let eos = opt_u32(ct, "tokenizer.ggml.eos_token_id");
+        let eot = opt_u32(ct, "tokenizer.ggml.eot_token_id");
+        let mut eog: Vec<u32> = eos.into_iter().chain(eot).collect();
+        // Like llama.cpp, control tokens that end a turn in known templates end generation.
+        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"] {
+            if let Some(&id) = vocab.get(name) {
+                if special.get(id as usize).copied().unwrap_or(false) && !eog.contains(&id) {
+                    eog.push(id);
+                }
+            }
+        }
+        if eog.is_empty() {
+            return Err(bad("tokenizer.ggml.eos_token_id", "no end-of-generation token"));
+        }
+        let n = tokens.len();
+        if eog.iter().any(|&id| id as usize >= n) {
+            return Err(bad("tokenizer.ggml.eos_token_id", "out of range"));
+        }
+        let bos = opt_u32(ct, "tokenizer.ggml.bos_token_id").filter(|&id| (id as usize) < n);
+        let add_bos = md(ct, "tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        Ok(Self {
+            vocab,
+            tokens,
+            special,
+            specials_by_len,
+            merges,
+            splits,
+            byte_enc,
+            byte_dec,
+            eog,
+            bos,
+            add_bos,
+            pre,
+        })
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The pre-tokenizer in use (`tokenizer.ggml.pre`).
+    pub fn pre_tokenizer(&self) -> &str {
+        &self.pre
+    }
+
+    /// Whether a token ends generation.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// The BOS token, when the model wants one prepended.
+    pub fn bos_to_add(&self) -> Option<u32> {
+        self.add_bos.then_some(self.bos).flatten()
+    }
+
+    /// Text of a token as written in the vocabulary (byte-level encoded for ordinary tokens).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// Encode text. With `parse_special`, special tokens written in the text become their ids
+    /// (what a rendered chat template needs); otherwise they are tokenized as plain text.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        if !parse_special {
+            self.encode_plain(text, &mut out);
+            return out;
+        }
+        let mut rest = text;
+        while !rest.is_empty() {
+            // The earliest special token in `rest` (longest wins at the same position).
+            let mut found: Option<(usize, &str, u32)> = None;
+            for (s, id) in &self.specials_by_len {
+                if let Some(pos) = rest.find(s.as_str()) {
+                    if found.is_none_or(|(p, _, _)| pos < p) {
+                        found = Some((pos, s.as_str(), *id));
+                    }
+                }
+            }
+            match found {
+                Some((pos, s, id)) => {
+                    let (before, after) = rest.split_at(pos);
+                    self.encode_plain(before, &mut out);
+                    out.push(id);
+                    rest = after.get(s.len()..).unwrap_or("");
+                }
+                None => {
+                    self.encode_plain(rest, &mut out);
+                    rest = "";
+                }
+            }
+        }
+        out
+    }
+
+    fn pre_tokenize<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        let mut pieces = vec![text];
+        for re in &self.splits {
+            let mut next = Vec::with_capacity(pieces.len() * 2);
+            for piece in pieces {
+                let mut last = 0;
+                for m in re.find_iter(piece).flatten() {
+                    if let Some(gap) = piece.get(last..m.start()).filter(|g| !g.is_empty()) {
+                        next.push(gap);
+                    }
+                    if m.end() > m.start() {
+                        next.push(m.as_str());
+                    }
+                    last = m.end();
+                }
+                if let Some(tail) = piece.get(last..).filter(|t| !t.is_empty()) {
+                    next.push(tail);
+                }
+            }
+            pieces = next;
+        }
+        pieces
+    }
+
+    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
+        for piece in self.pre_tokenize(text) {
+            let mut symbols: Vec<String> =
+                piece.bytes().map(|b| self.byte_enc.get(usize::from(b)).copied().unwrap_or('\u{fffd}').to_string()).collect();
+            // Merge the lowest-ranked adjacent pair until none is in the merge table.
+            loop {
+                let mut best: Option<(u32, usize)> = None;
+                for (i, pair) in symbols.windows(2).enumerate() {
+                    if let [a, b] = pair {
+                        if let Some(&rank) = self.merges.get(&(a.clone(), b.clone())) {
+                            if best.is_none_or(|(r, _)| rank < r) {
+                                best = Some((rank, i));
+                            }
+                        }
+                    }
+                }
+                let Some((_, i)) = best else { break };
+                let right = symbols.remove(i + 1);
+                if let Some(left) = symbols.get_mut(i) {
+                    left.push_str(&right);
+                }
+            }
+            for s in symbols {
+                match self.vocab.get(&s) {
+                    Some(&id) => out.push(id),
+                    // Not in the vocabulary: fall back to its single-byte tokens.
+                    None => out.extend(s.chars().filter_map(|c| self.vocab.get(&c.to_string()))),
+                }
+            }
+        }
+    }
+
+    /// The bytes a token stands for. Special tokens give their literal text.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(t) = self.tokens.get(id as usize) else { return Vec::new() };
+        if self.special.get(id as usize).copied().unwrap_or(false) {
+            return t.as_bytes().to_vec();
+        }
+        t.chars()
+            .map(|c| match self.byte_dec.get(&c) {
+                Some(&b) => vec![b],
+                None => c.to_string().into_bytes(),
+            })
+            .collect::<Vec<_>>()
+            .concat()
+    }
+
+    /// Decode tokens to text (lossy for invalid UTF-8), skipping end-of-generation tokens.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .filter(|id| !self.is_eog(**id))
+            .flat_map(|&id| self.token_bytes(id))
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Turns a stream of tokens into text pieces, holding back bytes of an unfinished UTF-8
+/// character until the token that completes it arrives.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    /// Add a token's bytes; returns the text that is now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let s = s.to_owned();
+                self.pending.clear();
+                s
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // An invalid sequence (not merely unfinished) is replaced, not held forever.
+                let cut = if e.error_len().is_some() { self.pending.len() } else { valid };
+                let head: Vec<u8> = self.pending.drain(..cut).collect();
+                String::from_utf8_lossy(&head).into_owned()
+            }
+        }
+    }
+
+    /// Whatever is left at the end (replaced if it is not valid UTF-8).
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_map_is_a_bijection_with_gpt2_anchors() {
+        let t = byte_to_unicode();
+        let mut seen: Vec<char> = t.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 256);
+        assert_eq!(t[b' ' as usize], 'Ġ');
+        assert_eq!(t[b'\n' as usize], 'Ċ');
+        assert_eq!(t[b'A' as usize], 'A');
+    }
+
+    #[test]
+    fn stream_decoder_holds_split_characters() {
+        let mut d = StreamDecoder::default();
+        let snow = "é☃".as_bytes();
+        assert_eq!(d.push(&snow[..1]), "");
+        assert_eq!(d.push(&snow[1..3]), "é");
+        assert_eq!(d.push(&snow[3..]), "☃");
+        assert_eq!(d.push(&[0xff, b'a']), "\u{fffd}a");
+        assert_eq!(d.push(&[0xe2]), "");
+        assert_eq!(d.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn unknown_pre_tokenizer_is_refused() {
+        assert!(pre_tokenizer_patterns("mystery").is_err());
+        assert_eq!(pre_tokenizer_patterns("smollm").map(|p| p.len()).ok(), Some(2));
+    }
+}

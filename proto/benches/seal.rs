@@ -1,0 +1,32 @@
+//! Cost of the sealed protocol: per request (HPKE seal by the client + open by the enclave) and
+//! per answer chunk (seal by the enclave + open by the client). Goals: < 50 µs per request,
+//! < 5 µs per chunk.
+use chrysalis_proto::seal::{seal_request, HpkeKeyPair};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn bench(c: &mut Criterion) {
+    let kp = HpkeKeyPair::generate();
+    let body = br#"{"model":"","messages":[{"role":"user","content":"What is the capital of France? Answer in one word."}],"params":{"temperature":0.0,"max_tokens":64}}"#;
+    c.bench_function("request_seal_and_open", |b| {
+        b.iter(|| {
+            let (req, _client) = seal_request(kp.public_key(), body).expect("seal");
+            kp.open_request(&req).expect("open")
+        })
+    });
+    let (req, mut client) = seal_request(kp.public_key(), body).expect("seal");
+    let (_, mut server) = kp.open_request(&req).expect("open");
+    let piece = br#"{"type":"text","text":" Paris","tokens":[7042]}"#;
+    c.bench_function("chunk_seal_and_open", |b| {
+        b.iter(|| {
+            let chunk = server.seal(piece, false).expect("seal");
+            client.open(&chunk).expect("open")
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30);
+    targets = bench
+}
+criterion_main!(benches);
