@@ -173,7 +173,7 @@ fn check_config(verified: &VerifiedEvidence, bundle: &EvidenceBundle) -> Result<
         Measurements::Tdx(m) => {
             let log = std::str::from_utf8(&bundle.event_log_json).map_err(|_| reject("event log is not UTF-8"))?;
             let rtmrs = replay_json(log).map_err(|e| reject(format!("event log: {e}")))?;
-            if rtmrs.rtmr.get(3) != m.rtmr.get(3) {
+            if rtmrs.values().get(3) != m.rtmr.get(3) {
                 return Err(reject("the event log does not reproduce RTMR3"));
             }
             let events: Vec<serde_json::Value> = serde_json::from_str(log).map_err(|e| reject(e.to_string()))?;
@@ -384,7 +384,8 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
 /// Ask for fresh evidence over a random nonce and verify it (proves liveness of the key).
 pub async fn attest_fresh(a: &mut Attested, policy: &Policy, now: Timestamp) -> Result<PeerAttestation, RemoteError> {
     let mut nonce = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    rand_core::TryRngCore::try_fill_bytes(&mut rand_core::OsRng, &mut nonce)
+        .map_err(|e| RemoteError::Protocol(format!("no randomness for the nonce: {e}")))?;
     let bundle = a
         .client
         .attest(AttestRequest { nonce: nonce.to_vec() })

@@ -332,13 +332,9 @@ impl Tokenizer {
             .concat()
     }
 
-    /// Decode tokens to text (lossy for invalid UTF-8), skipping end-of-generation tokens.
+    /// Decode tokens to text (lossy for invalid UTF-8); special tokens give their literal text.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .filter(|id| !self.is_eog(**id))
-            .flat_map(|&id| self.token_bytes(id))
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id)).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

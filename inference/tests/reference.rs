@@ -30,8 +30,20 @@ struct Gen {
     prompt: String,
     prompt_ids: Vec<u32>,
     greedy_ids: Vec<u32>,
+    greedy_steps: Vec<Step>,
     prefill_logits_f32le_b64: String,
 }
+
+#[derive(serde::Deserialize)]
+struct Step {
+    runner_up: u32,
+    margin: f32,
+}
+
+/// Two implementations of the same arithmetic agree to about 1e-2 in the logits here (prefill
+/// cosine > 0.9999). Where llama.cpp's own top two tokens are closer than this, either choice is
+/// the same model's greedy answer; the continuations then legitimately differ.
+const TIE_MARGIN: f32 = 0.05;
 
 fn reference() -> Reference {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/llama-cpp-reference.json"))
@@ -74,7 +86,7 @@ fn tokenizer_matches_llama_cpp() {
         let ids = m.tokenizer.encode(&t.text, t.special);
         assert_eq!(ids, t.ids, "tokens of {:?} (special {})", t.text, t.special);
         // Round trip: decoding gives the text back.
-        assert_eq!(m.tokenizer.decode(&ids), t.text);
+        assert_eq!(m.tokenizer.decode(&ids), t.text, "decode round trip");
     }
 }
 
@@ -109,13 +121,23 @@ fn check_generation(precision: Precision) {
         while !seq.is_done() {
             seq.step().expect("step");
         }
-        let n = g.greedy_ids.len();
-        assert_eq!(
-            seq.generated().get(..n),
-            Some(g.greedy_ids.as_slice()),
-            "{precision:?}: greedy tokens for {:?}",
-            g.prompt
-        );
+        let ours = seq.generated();
+        assert!(ours.len() >= g.greedy_ids.len(), "{precision:?}: generated {} tokens", ours.len());
+        for (i, (want, step)) in g.greedy_ids.iter().zip(&g.greedy_steps).enumerate() {
+            let got = ours.get(i).copied();
+            if got == Some(*want) {
+                continue;
+            }
+            assert!(
+                step.margin < TIE_MARGIN && got == Some(step.runner_up),
+                "{precision:?}: token {i} for {:?} is {got:?}, llama.cpp chose {want} by a margin of {} (runner-up {})",
+                g.prompt,
+                step.margin,
+                step.runner_up
+            );
+            eprintln!("{precision:?}: {:?} diverges at token {i} on a tie (margin {})", g.prompt, step.margin);
+            break;
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use hpke::aead::ChaCha20Poly1305 as HpkeChaCha;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
-use rand_core::{CryptoRng, RngCore};
+use rand_core::{CryptoRng, RngCore, TryRngCore};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::v1::{SealedChunk, SealedRequest};
@@ -94,7 +94,7 @@ impl std::fmt::Debug for HpkeKeyPair {
 impl HpkeKeyPair {
     /// A fresh key pair from the operating system's CSPRNG.
     pub fn generate() -> Self {
-        Self::generate_with(&mut rand_core::OsRng)
+        Self::generate_with(&mut rand_core::OsRng.unwrap_err())
     }
 
     /// A fresh key pair from `rng`.
@@ -240,7 +240,7 @@ impl std::fmt::Debug for RequestSealer {
 
 /// Seal `body` to `recipient` (the attested HPKE public key).
 pub fn seal_request(recipient: &[u8], body: &[u8]) -> Result<(SealedRequest, RequestSealer), SealError> {
-    seal_request_with(recipient, body, &mut rand_core::OsRng)
+    seal_request_with(recipient, body, &mut rand_core::OsRng.unwrap_err())
 }
 
 /// [`seal_request`] with a chosen RNG.

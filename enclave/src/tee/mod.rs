@@ -150,3 +150,89 @@ pub fn open(choice: TeeChoice, paths: &GuestPaths) -> Result<Box<dyn TeeDevice>,
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::configfs::RecordedFs;
+    use super::*;
+    use chrysalis_attestation::Evidence;
+
+    fn td(path: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/../attestation/testdata/{path}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+    }
+
+    fn snp_report() -> Vec<u8> {
+        let hex_text = String::from_utf8(td("sev/report_milan.hex")).expect("hex");
+        hex::decode(hex_text.split_whitespace().collect::<String>()).expect("hex")
+    }
+
+    /// Every backend, over recorded hardware outputs where it has hardware.
+    fn backends() -> Vec<(Box<dyn TeeDevice>, chrysalis_attestation::Platform)> {
+        let paths = GuestPaths::default();
+        vec![
+            (
+                Box::new(tdx::TdxDevice::with_tsm(&paths, Box::new(RecordedFs::new("tdx_guest", td("dcap-qvl/tdx_quote"), vec![])))),
+                chrysalis_attestation::Platform::Tdx,
+            ),
+            (
+                Box::new(snp::SnpDevice::with_tsm(&paths, Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])))),
+                chrysalis_attestation::Platform::Snp,
+            ),
+            (Box::new(simulated::SimulatedDevice::new()), chrysalis_attestation::Platform::Simulated),
+        ]
+    }
+
+    #[test]
+    fn every_backend_produces_evidence_of_its_platform() {
+        for (dev, platform) in backends() {
+            let ev = dev.attest(&[0x5a; 64]).unwrap_or_else(|e| panic!("{}: {e}", dev.name()));
+            let parsed = Evidence::from_bytes(&ev.evidence).unwrap_or_else(|e| panic!("{}: {e}", dev.name()));
+            assert_eq!(parsed.platform(), platform, "{}", dev.name());
+            assert_eq!(dev.is_confidential(), platform != chrysalis_attestation::Platform::Simulated);
+        }
+    }
+
+    #[test]
+    fn simulated_evidence_binds_report_data_and_config_and_verifies_only_when_allowed() {
+        use chrysalis_attestation::{Policy, Timestamp, Verifier};
+        let dev = simulated::SimulatedDevice::new();
+        assert_eq!(dev.bind_config(b"{\"x\":1}").expect("bind"), ConfigBinding::Simulated);
+        let ev = dev.attest(&[7; 64]).expect("evidence");
+        let parsed = Evidence::from_bytes(&ev.evidence).expect("parse");
+        let v = Verifier::new()
+            .verify(&parsed, &Default::default(), &Policy::baseline().allow_simulated(), Timestamp(1_800_000_000))
+            .expect("verifies with opt-in");
+        assert_eq!(v.report_data(), &[7; 64]);
+        assert!(Verifier::new().verify(&parsed, &Default::default(), &Policy::baseline(), Timestamp(1_800_000_000)).is_err());
+    }
+
+    #[test]
+    fn a_provider_of_the_other_vendor_is_refused() {
+        let paths = GuestPaths::default();
+        let tdx_on_sev = tdx::TdxDevice::with_tsm(&paths, Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])));
+        assert!(tdx_on_sev.attest(&[0; 64]).is_err());
+        let snp_on_tdx = snp::SnpDevice::with_tsm(&paths, Box::new(RecordedFs::new("tdx_guest", td("dcap-qvl/tdx_quote"), vec![])));
+        assert!(snp_on_tdx.attest(&[0; 64]).is_err());
+    }
+
+    #[test]
+    fn snp_refuses_a_launch_for_another_configuration() {
+        // The recorded report's HOST_DATA is not SHA-256 of this configuration.
+        let paths = GuestPaths::default();
+        let dev = snp::SnpDevice::with_tsm(&paths, Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])));
+        let err = dev.bind_config(b"{\"models\":[]}").expect_err("mismatch");
+        assert!(err.to_string().contains("HOST_DATA"), "{err}");
+    }
+
+    #[test]
+    fn auto_without_a_tee_fails_and_never_picks_the_simulator() {
+        let paths = GuestPaths {
+            tsm_report: "/nonexistent/tsm".into(),
+            tdx_guest: "/nonexistent/tdx_guest".into(),
+            sev_guest: "/nonexistent/sev-guest".into(),
+            tdx_measurements: "/nonexistent/m".into(),
+        };
+        let err = open(TeeChoice::Auto, &paths).expect_err("no TEE");
+        assert!(err.to_string().contains("--tee simulated"), "{err}");
+    }
+}

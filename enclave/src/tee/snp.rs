@@ -7,7 +7,6 @@
 //! report says otherwise.
 
 use chrysalis_proto::Platform;
-use sev::firmware::host::{CertTableEntry, CertType};
 use sha2::{Digest, Sha256};
 
 use super::configfs::{self, RealFs, TsmFs};
@@ -18,22 +17,56 @@ const HOST_DATA: std::ops::Range<usize> = 0xC0..0xE0;
 /// Length of the report (versions 2 to 5).
 const REPORT_LEN: usize = 1184;
 
+/// GUIDs of the GHCB certificate table (GHCB spec, SNP extended guest request), as text.
+pub const GUID_VCEK: &str = "63da758d-e664-4564-adc5-f4b93be8accd";
+/// VLEK.
+pub const GUID_VLEK: &str = "a8074bc2-a25a-483e-aae6-39c045a0b8a1";
+/// ASK (or ASVK).
+pub const GUID_ASK: &str = "4ab7b379-bbac-4fe4-a02f-05aef327c782";
+/// ARK.
+pub const GUID_ARK: &str = "c0b406a4-a803-4952-9743-3fb6014cd0ae";
+
+fn guid_text(b: &[u8]) -> String {
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Parse a certificate table: entries of `guid[16] ‖ offset u32le ‖ length u32le` up to an
+/// all-zero entry, offsets from the table's start. Every bound is checked: the table comes from
+/// the host. (The `sev` crate's own parser follows raw pointers without bounds, so we do not
+/// hand it host data.)
+pub fn parse_cert_table(table: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TeeError> {
+    let bad = |m: String| TeeError::Protocol { interface: "snp certificate table", message: m };
+    let mut out = Vec::new();
+    for i in 0.. {
+        let at = i * 24;
+        let entry = table.get(at..at + 24).ok_or_else(|| bad("no terminating entry".into()))?;
+        let (guid, rest) = entry.split_at(16);
+        if guid.iter().all(|b| *b == 0) {
+            return Ok(out);
+        }
+        let offset = u32::from_le_bytes(rest.get(0..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])) as usize;
+        let len = u32::from_le_bytes(rest.get(4..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])) as usize;
+        let data = offset
+            .checked_add(len)
+            .and_then(|end| table.get(offset..end))
+            .ok_or_else(|| bad(format!("entry {i} points outside the table")))?;
+        out.push((guid_text(guid), data.to_vec()));
+    }
+    Ok(out)
+}
+
 /// VCEK/VLEK (DER) and the ASK/ARK chain (PEM) from a certificate table.
 pub fn split_cert_table(table: &[u8]) -> Result<(Vec<u8>, Vec<u8>), TeeError> {
     if table.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let mut buf = table.to_vec();
-    let entries = CertTableEntry::vec_bytes_to_cert_table(&mut buf).map_err(|e| TeeError::Protocol {
-        interface: "snp certificate table",
-        message: e.to_string(),
-    })?;
     let mut vcek = Vec::new();
     let mut chain = String::new();
-    for e in &entries {
-        match e.cert_type {
-            CertType::VCEK | CertType::VLEK => vcek = e.data.clone(),
-            CertType::ASK | CertType::ARK => chain.push_str(&pem_encode(&e.data)),
+    for (guid, data) in parse_cert_table(table)? {
+        match guid.as_str() {
+            GUID_VCEK | GUID_VLEK => vcek = data,
+            GUID_ASK | GUID_ARK => chain.push_str(&pem_encode(&data)),
             _ => {}
         }
     }
@@ -104,19 +137,14 @@ impl TeeDevice for SnpDevice {
                 (r.outblob, r.auxblob, "configfs-tsm")
             }
             Via::SevGuest => {
+                // The plain report: the extended one would hand the host's certificate table to
+                // the `sev` crate's unchecked parser. Clients fetch the VCEK from AMD's KDS.
                 let mut fw = sev::firmware::guest::Firmware::open().map_err(|e| TeeError::io(&self.paths.sev_guest, e))?;
-                let (report, certs) = fw.get_ext_report(None, Some(*report_data), None).map_err(|e| TeeError::Protocol {
+                let report = fw.get_report(None, Some(*report_data), None).map_err(|e| TeeError::Protocol {
                     interface: "sev-guest",
                     message: e.to_string(),
                 })?;
-                let table = match certs {
-                    Some(c) => CertTableEntry::cert_table_to_vec_bytes(&c).map_err(|e| TeeError::Protocol {
-                        interface: "sev-guest",
-                        message: e.to_string(),
-                    })?,
-                    None => Vec::new(),
-                };
-                (report, table, "sev-guest")
+                (report, Vec::new(), "sev-guest")
             }
         };
         if report.len() != REPORT_LEN {
@@ -147,20 +175,44 @@ impl TeeDevice for SnpDevice {
 mod tests {
     use super::*;
 
+    /// A table as the host builds it (GUID big-endian bytes, offsets from the start).
+    fn table(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut body = Vec::new();
+        let start = (entries.len() + 1) * 24;
+        for (guid, data) in entries {
+            head.extend_from_slice(&hex::decode(guid.replace('-', "")).expect("guid"));
+            head.extend_from_slice(&((start + body.len()) as u32).to_le_bytes());
+            head.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            body.extend_from_slice(data);
+        }
+        head.extend_from_slice(&[0; 24]);
+        head.extend_from_slice(&body);
+        head
+    }
+
     #[test]
     fn recorded_certificate_table_splits_into_vcek_and_chain() {
         let td = concat!(env!("CARGO_MANIFEST_DIR"), "/../attestation/testdata/sev/");
         let vcek = std::fs::read(format!("{td}vcek_milan.der")).expect("fixture");
-        let table = CertTableEntry::cert_table_to_vec_bytes(&[
-            CertTableEntry::new(CertType::VCEK, vcek.clone()),
-            CertTableEntry::new(CertType::ASK, vec![0x30, 0x03, 0x02, 0x01, 0x01]),
-        ])
-        .expect("table");
-        let (got_vcek, chain) = split_cert_table(&table).expect("split");
+        let t = table(&[(GUID_VCEK, &vcek), (GUID_ASK, &[0x30, 0x03, 0x02, 0x01, 0x01])]);
+        let (got_vcek, chain) = split_cert_table(&t).expect("split");
         assert_eq!(got_vcek, vcek);
         let chain = String::from_utf8(chain).expect("pem");
         assert!(chain.starts_with("-----BEGIN CERTIFICATE-----\nMAMCAQE=\n"), "{chain}");
-        assert!(split_cert_table(&[1, 2, 3]).is_err());
+        // The parsed PEM is what the verifier reads.
         assert_eq!(split_cert_table(&[]).expect("empty"), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn hostile_tables_are_errors_not_crashes() {
+        assert!(split_cert_table(&[1, 2, 3]).is_err(), "short");
+        let mut t = table(&[(GUID_VCEK, b"abc")]);
+        if let Some(b) = t.get_mut(16) {
+            *b = 0xff; // offset far outside
+        }
+        assert!(split_cert_table(&t).is_err(), "offset outside");
+        let no_terminator = table(&[(GUID_VCEK, b"abc")]).get(..24).map(<[u8]>::to_vec).unwrap_or_default();
+        assert!(split_cert_table(&no_terminator).is_err(), "no terminator");
     }
 }
