@@ -256,9 +256,13 @@ impl ServerCertVerifier for RaTlsVerifier {
             verify_bundle(&bundle, &spki_sha256, &[], &self.policy, self.now).map(|a| (a, spki))
         });
         let ok = result.is_ok();
-        let msg = result.as_ref().err().map(ToString::to_string);
+        let reason = |e: &RemoteError| match e {
+            RemoteError::Rejected(r) => r.clone(),
+            other => other.to_string(),
+        };
+        let msg = result.as_ref().err().map(reason);
         if let Ok(mut o) = self.outcome.lock() {
-            *o = Some(result.map_err(|e| e.to_string()));
+            *o = Some(result.map_err(|e| reason(&e)));
         }
         if ok {
             Ok(ServerCertVerified::assertion())

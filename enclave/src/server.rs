@@ -175,17 +175,30 @@ impl Enclave for EnclaveService {
 
 use zeroize::Zeroizing;
 
+/// Serves the one RA-TLS certificate. (`with_single_cert` would run the certificate through
+/// webpki, which refuses our critical evidence extension: correct for web PKI, not for RA-TLS.)
+#[derive(Debug)]
+struct RaTlsCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for RaTlsCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
 /// The rustls server configuration of the RA-TLS endpoint (TLS 1.3 only, ALPN h2).
 pub fn tls_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
         identity.tls().key_der.to_vec(),
     ));
+    let signing_key = provider.key_provider.load_private_key(key)?;
     let cert = rustls::pki_types::CertificateDer::from(identity.tls().cert_der.clone());
+    let certified = rustls::sign::CertifiedKey::new(vec![cert], signing_key);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(vec![cert], key)?;
+        .with_cert_resolver(Arc::new(RaTlsCert(Arc::new(certified))));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }

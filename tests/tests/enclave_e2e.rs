@@ -112,7 +112,7 @@ fn a_policy_without_simulated_rejects_and_the_enclave_receives_nothing() {
 fn a_wrong_measurement_is_rejected() {
     let Some(e) = shared_enclave() else { return };
     let policy = Policy::from_toml(&format!(
-        "platforms = [\"simulated\"]\n[simulated]\nmeasurement = [\"{}\"]\n",
+        "version = 1\nplatforms = [\"simulated\"]\n[simulated]\nmeasurement = [\"{}\"]\n",
         "00".repeat(48)
     ))
     .expect("policy");
