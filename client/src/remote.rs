@@ -208,13 +208,16 @@ pub fn parse_ratls_cert(der: &[u8]) -> Result<(EvidenceBundle, [u8; 32], Vec<u8>
     Ok((bundle, spki_sha256, spki.to_vec()))
 }
 
+/// What one handshake proved (with the peer's SPKI), or why it failed.
+type HandshakeOutcome = Result<(PeerAttestation, Vec<u8>), String>;
+
 /// The rustls verifier of an RA-TLS server: accepts exactly the peers whose evidence verifies.
 #[derive(Debug)]
 pub struct RaTlsVerifier {
     policy: Policy,
     now: Timestamp,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    outcome: Mutex<Option<Result<(PeerAttestation, Vec<u8>), String>>>,
+    outcome: Mutex<Option<HandshakeOutcome>>,
 }
 
 impl RaTlsVerifier {

@@ -117,7 +117,7 @@ pub struct ModelIdentity {
 /// candle's qwen2 model is not `Clone`, so each qwen2 session is built from the GGUF bytes kept in
 /// memory (never re-read from disk: the bytes are the ones that were hashed).
 enum Weights {
-    Llama(quantized_llama::ModelWeights),
+    Llama(Box<quantized_llama::ModelWeights>),
     Qwen2(Box<quantized_qwen2::ModelWeights>),
 }
 
@@ -132,7 +132,7 @@ impl std::fmt::Debug for Weights {
 
 /// How sessions get their own copy of the weights.
 enum WeightSource {
-    Llama(quantized_llama::ModelWeights),
+    Llama(Box<quantized_llama::ModelWeights>),
     Qwen2(Arc<Vec<u8>>),
 }
 
@@ -327,7 +327,7 @@ impl Model {
         let mut reader = Cursor::new(data);
         let (weights, context_length) = match arch.as_str() {
             "llama" => (
-                WeightSource::Llama(quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &device)?),
+                WeightSource::Llama(Box::new(quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &device)?)),
                 file_ctx.min(quantized_llama::MAX_SEQ_LEN),
             ),
             "qwen2" => {

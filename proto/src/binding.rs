@@ -116,7 +116,7 @@ mod tests {
         let none = gpu_digest(GpuStatus::None, &[]);
         assert_ne!(none, gpu_digest(GpuStatus::Attested, &[]));
         let g = GpuEvidence { name: "H100".into(), cc_mode: true, ..Default::default() };
-        assert_ne!(gpu_digest(GpuStatus::Attested, &[g.clone()]), gpu_digest(GpuStatus::Attested, &[]));
+        assert_ne!(gpu_digest(GpuStatus::Attested, std::slice::from_ref(&g)), gpu_digest(GpuStatus::Attested, &[]));
         let mut g2 = g.clone();
         g2.cc_mode = false;
         assert_ne!(gpu_digest(GpuStatus::Attested, &[g]), gpu_digest(GpuStatus::Attested, &[g2]));

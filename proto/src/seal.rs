@@ -188,7 +188,7 @@ impl ChunkKeys {
     }
 
     fn cipher(&self) -> ChaCha20Poly1305 {
-        ChaCha20Poly1305::new(Key::from_slice(self.key.as_slice()))
+        ChaCha20Poly1305::new(&Key::from(*self.key))
     }
 }
 
@@ -217,7 +217,7 @@ impl ResponseSealer {
         let ciphertext = self
             .keys
             .cipher()
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+              .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad })
             .map_err(|_| SealError::Hpke("chunk encryption failed".into()))?;
         self.next += 1;
         self.finished = last;
@@ -281,7 +281,7 @@ impl RequestSealer {
         let plain = self
             .keys
             .cipher()
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &chunk.ciphertext, aad: &aad })
+            .decrypt(&Nonce::from(nonce), Payload { msg: &chunk.ciphertext, aad: &aad })
             .map_err(|_| SealError::Authentication("an answer chunk"))?;
         self.next += 1;
         self.finished = chunk.last;

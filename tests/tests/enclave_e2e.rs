@@ -4,7 +4,7 @@
 use chrysalis_attestation::Policy;
 use chrysalis_client::remote::{self, AnswerPiece, RemoteError};
 use chrysalis_proto::seal::{seal_request, SealError};
-use chrysalis_proto::{HealthRequest, SealedChunk};
+use chrysalis_proto::HealthRequest;
 use chrysalis_tests::{captured_logs, now, shared_enclave, start_enclave, start_relay};
 
 fn rt() -> tokio::runtime::Runtime {

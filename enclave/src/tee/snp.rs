@@ -27,8 +27,8 @@ pub const GUID_ASK: &str = "4ab7b379-bbac-4fe4-a02f-05aef327c782";
 pub const GUID_ARK: &str = "c0b406a4-a803-4952-9743-3fb6014cd0ae";
 
 fn guid_text(b: &[u8]) -> String {
-    let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let part = |r: std::ops::Range<usize>| b.get(r).map(hex::encode).unwrap_or_default();
+    format!("{}-{}-{}-{}-{}", part(0..4), part(4..6), part(6..8), part(8..10), part(10..16))
 }
 
 /// Parse a certificate table: entries of `guid[16] ‖ offset u32le ‖ length u32le` up to an

@@ -69,7 +69,7 @@ fn le_u32(b: &[u8], off: usize) -> Option<u32> {
 /// Decode a QGS `GET_QUOTE_RESP` body (without the length prefix) into the quote.
 pub fn qgs_decode_get_quote_resp(msg: &[u8]) -> Result<Vec<u8>, TeeError> {
     let bad = |m: String| TeeError::Protocol { interface: "tdx qgs", message: m };
-    let major = msg.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let major = msg.get(0..2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes);
     if major != Some(1) {
         return Err(bad(format!("unsupported QGS message version {major:?}")));
     }
