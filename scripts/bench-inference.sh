@@ -14,7 +14,7 @@ echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
 for precision in auto native; do
   for run in 1 2; do
     out=$($BIN generate --model $MODEL --prompt "$PROMPT" --max-tokens $TOKENS --threads $THREADS --precision $precision --json)
-    echo "chrysalis precision=$precision run=$run: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"decode {d[\"decode_tokens_per_s\"]:.1f} tok/s, ttft {d[\"ttft_ms\"]:.1f} ms, prompt {d[\"prompt_tokens\"]} tok, generated {d[\"completion_tokens\"]}, peak rss {d[\"peak_rss_mib\"]:.0f} MiB")')"
+    echo "chrysalis precision=$precision run=$run: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("decode %.1f tok/s, ttft %.1f ms, prompt %d tok, generated %d, peak rss %.0f MiB" % (d["decode_tokens_per_s"], d["ttft_ms"], d["prompt_tokens"], d["completion_tokens"], d["peak_rss_mib"]))')"
   done
 done
 target/llama-venv/bin/python - "$MODEL" "$PROMPT" "$TOKENS" "$THREADS" <<'PY'
