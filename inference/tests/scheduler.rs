@@ -28,13 +28,17 @@ fn req(max_tokens: usize) -> GenerateRequest {
 fn a_full_queue_is_busy_at_once_and_streams_are_interleaved() {
     let Some(engine) = engine() else { return };
     let sched = Scheduler::start(engine, SchedulerConfig { max_active: 2, max_queued: 1 });
+    // Wait until the loop has taken each request, so the one-slot queue is empty again.
+    let settle = |s: &Scheduler| {
+        let start = Instant::now();
+        while s.queued() > 0 && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     let mut a = sched.submit(&req(12)).expect("a");
+    settle(&sched);
     let mut b = sched.submit(&req(12)).expect("b");
-    // Wait until the loop has taken both, so the queue is empty again.
-    let start = Instant::now();
-    while sched.queued() > 0 && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    settle(&sched);
     let _c = sched.submit(&req(4)).expect("one may wait");
     let t = Instant::now();
     let err = sched.submit(&req(4)).expect_err("queue full");
