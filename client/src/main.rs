@@ -227,7 +227,12 @@ fn main() -> ExitCode {
         Command::Measure(MeasureCommand::Tdx(args)) => measure_tdx(args),
         Command::Measure(MeasureCommand::Snp(args)) => measure_snp(args),
         Command::Eventlog(args) => eventlog(args),
-        Command::Attest(args) => remote_cmd::attest(args.url, &args.policy.policy, args.policy.allow_simulated, args.json),
+        Command::Attest(args) => remote_cmd::attest(
+            args.url,
+            &args.policy.policy,
+            args.policy.allow_simulated,
+            args.json,
+        ),
         Command::Chat(args) => remote_cmd::chat(remote_cmd::ChatOptions {
             url: args.url,
             prompt: args.prompt,

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use chrysalis_attestation::measure::eventlog::replay_json;
 use chrysalis_attestation::verify::Measurements;
-use chrysalis_attestation::{Evidence, Platform, Policy, Timestamp, VerifiedEvidence, Verifier, VerifyError};
+use chrysalis_attestation::{
+    Evidence, Platform, Policy, Timestamp, VerifiedEvidence, Verifier, VerifyError,
+};
 use chrysalis_proto::binding::{self, BindingInputs, BINDING_VERSION};
 use chrysalis_proto::enclave_client::EnclaveClient;
 use chrysalis_proto::seal::{seal_request, SealError};
@@ -92,10 +94,16 @@ pub fn verify_bundle(
     now: Timestamp,
 ) -> Result<PeerAttestation, RemoteError> {
     if bundle.version != 1 {
-        return Err(reject(format!("unsupported bundle version {}", bundle.version)));
+        return Err(reject(format!(
+            "unsupported bundle version {}",
+            bundle.version
+        )));
     }
     if bundle.binding_version != BINDING_VERSION {
-        return Err(reject(format!("unsupported binding version {}", bundle.binding_version)));
+        return Err(reject(format!(
+            "unsupported binding version {}",
+            bundle.binding_version
+        )));
     }
     let evidence = Evidence::from_bytes(&bundle.evidence).map_err(|e| reject(e.to_string()))?;
     let declared = match chrysalis_proto::Platform::try_from(bundle.platform) {
@@ -105,31 +113,41 @@ pub fn verify_bundle(
         _ => return Err(reject(format!("unknown platform {}", bundle.platform))),
     };
     if declared != evidence.platform() {
-        return Err(reject(format!("bundle says {declared} but the evidence is {}", evidence.platform())));
+        return Err(reject(format!(
+            "bundle says {declared} but the evidence is {}",
+            evidence.platform()
+        )));
     }
     let mut endorsements = chrysalis_attestation::verify::Endorsements::default();
     if !bundle.tdx_collateral_json.is_empty() {
         endorsements.tdx_collateral = Some(
-            serde_json::from_slice(&bundle.tdx_collateral_json).map_err(|e| reject(format!("TDX collateral: {e}")))?,
+            serde_json::from_slice(&bundle.tdx_collateral_json)
+                .map_err(|e| reject(format!("TDX collateral: {e}")))?,
         );
     }
     if !bundle.vcek_der.is_empty() {
         endorsements.vcek = Some(
-            chrysalis_attestation::snp::parse_certificate("VCEK", &bundle.vcek_der).map_err(|e| reject(e.to_string()))?,
+            chrysalis_attestation::snp::parse_certificate("VCEK", &bundle.vcek_der)
+                .map_err(|e| reject(e.to_string()))?,
         );
     }
     if !bundle.cert_chain_pem.is_empty() {
         endorsements.cert_chain =
-            chrysalis_attestation::snp::parse_pem_chain(&bundle.cert_chain_pem).map_err(|e| reject(e.to_string()))?;
+            chrysalis_attestation::snp::parse_pem_chain(&bundle.cert_chain_pem)
+                .map_err(|e| reject(e.to_string()))?;
     }
     let verified = Verifier::new()
         .verify(&evidence, &endorsements, policy, now)
         .map_err(|e: VerifyError| reject(e.to_string()))?;
     if bundle.tls_spki_sha256.as_slice() != tls_spki_sha256 {
-        return Err(reject("the evidence is bound to another TLS key than this connection's"));
+        return Err(reject(
+            "the evidence is bound to another TLS key than this connection's",
+        ));
     }
     if bundle.nonce.as_slice() != nonce {
-        return Err(reject("the evidence is not over our nonce (replayed evidence?)"));
+        return Err(reject(
+            "the evidence is not over our nonce (replayed evidence?)",
+        ));
     }
     let hpke_public_key: [u8; 32] = bundle
         .hpke_public_key
@@ -148,11 +166,19 @@ pub fn verify_bundle(
         nonce,
     });
     if verified.report_data() != &want {
-        return Err(reject("report_data does not bind the enclave's keys, GPU evidence and nonce"));
+        return Err(reject(
+            "report_data does not bind the enclave's keys, GPU evidence and nonce",
+        ));
     }
     check_config(&verified, bundle)?;
-    let config = serde_json::from_slice(&bundle.config_json).map_err(|e| reject(format!("configuration: {e}")))?;
-    Ok(PeerAttestation { verified, bundle: bundle.clone(), hpke_public_key, config })
+    let config = serde_json::from_slice(&bundle.config_json)
+        .map_err(|e| reject(format!("configuration: {e}")))?;
+    Ok(PeerAttestation {
+        verified,
+        bundle: bundle.clone(),
+        hpke_public_key,
+        config,
+    })
 }
 
 /// The configuration in the bundle must be the one the evidence measures.
@@ -161,7 +187,9 @@ fn check_config(verified: &VerifiedEvidence, bundle: &EvidenceBundle) -> Result<
         Measurements::Simulated(m) => {
             let d: [u8; 48] = Sha384::digest(&bundle.config_json).into();
             if d != m.config_digest {
-                return Err(reject("the configuration does not match the simulated evidence's config_digest"));
+                return Err(reject(
+                    "the configuration does not match the simulated evidence's config_digest",
+                ));
             }
         }
         Measurements::Snp(m) => {
@@ -171,18 +199,23 @@ fn check_config(verified: &VerifiedEvidence, bundle: &EvidenceBundle) -> Result<
             }
         }
         Measurements::Tdx(m) => {
-            let log = std::str::from_utf8(&bundle.event_log_json).map_err(|_| reject("event log is not UTF-8"))?;
+            let log = std::str::from_utf8(&bundle.event_log_json)
+                .map_err(|_| reject("event log is not UTF-8"))?;
             let rtmrs = replay_json(log).map_err(|e| reject(format!("event log: {e}")))?;
             if rtmrs.values().get(3) != m.rtmr.get(3) {
                 return Err(reject("the event log does not reproduce RTMR3"));
             }
-            let events: Vec<serde_json::Value> = serde_json::from_str(log).map_err(|e| reject(e.to_string()))?;
+            let events: Vec<serde_json::Value> =
+                serde_json::from_str(log).map_err(|e| reject(e.to_string()))?;
             let has_config = events.iter().any(|e| {
                 e.get("event").and_then(|v| v.as_str()) == Some("chrysalis-config")
-                    && e.get("event_payload").and_then(|v| v.as_str()) == Some(hex::encode(&bundle.config_json).as_str())
+                    && e.get("event_payload").and_then(|v| v.as_str())
+                        == Some(hex::encode(&bundle.config_json).as_str())
             });
             if !has_config {
-                return Err(reject("RTMR3's event log does not contain this configuration"));
+                return Err(reject(
+                    "RTMR3's event log does not contain this configuration",
+                ));
             }
         }
     }
@@ -192,7 +225,8 @@ fn check_config(verified: &VerifiedEvidence, bundle: &EvidenceBundle) -> Result<
 /// Parse an RA-TLS certificate: the bundle it carries and the SHA-256 of its key.
 pub fn parse_ratls_cert(der: &[u8]) -> Result<(EvidenceBundle, [u8; 32], Vec<u8>), RemoteError> {
     use prost::Message;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| reject(format!("certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| reject(format!("certificate: {e}")))?;
     let spki = cert.tbs_certificate.subject_pki.raw;
     let spki_sha256: [u8; 32] = Sha256::digest(spki).into();
     let ext = cert
@@ -200,11 +234,14 @@ pub fn parse_ratls_cert(der: &[u8]) -> Result<(EvidenceBundle, [u8; 32], Vec<u8>
         .extensions()
         .iter()
         .find(|e| e.oid.to_id_string() == RATLS_EXTENSION_OID)
-        .ok_or_else(|| reject("the server certificate carries no Chrysalis evidence (not an RA-TLS enclave)"))?;
+        .ok_or_else(|| {
+            reject("the server certificate carries no Chrysalis evidence (not an RA-TLS enclave)")
+        })?;
     if !ext.critical {
         return Err(reject("the evidence extension is not marked critical"));
     }
-    let bundle = EvidenceBundle::decode(ext.value).map_err(|e| reject(format!("evidence extension: {e}")))?;
+    let bundle = EvidenceBundle::decode(ext.value)
+        .map_err(|e| reject(format!("evidence extension: {e}")))?;
     Ok((bundle, spki_sha256, spki.to_vec()))
 }
 
@@ -223,7 +260,12 @@ pub struct RaTlsVerifier {
 impl RaTlsVerifier {
     /// A verifier for `policy` at `now`.
     pub fn new(policy: Policy, now: Timestamp) -> Self {
-        Self { policy, now, provider: Arc::new(rustls::crypto::ring::default_provider()), outcome: Mutex::new(None) }
+        Self {
+            policy,
+            now,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            outcome: Mutex::new(None),
+        }
     }
 
     /// What the handshake proved (or why it failed).
@@ -234,11 +276,14 @@ impl RaTlsVerifier {
     fn spki_for(&self, cert: &CertificateDer<'_>) -> Result<Vec<u8>, rustls::Error> {
         match self.outcome.lock().ok().and_then(|o| o.clone()) {
             Some(Ok((_, spki))) => {
-                let (_, _, this) = parse_ratls_cert(cert).map_err(|e| rustls::Error::General(e.to_string()))?;
+                let (_, _, this) =
+                    parse_ratls_cert(cert).map_err(|e| rustls::Error::General(e.to_string()))?;
                 if this == spki {
                     Ok(spki)
                 } else {
-                    Err(rustls::Error::General("certificate changed during the handshake".into()))
+                    Err(rustls::Error::General(
+                        "certificate changed during the handshake".into(),
+                    ))
                 }
             }
             _ => Err(rustls::Error::General("peer not verified".into())),
@@ -301,15 +346,21 @@ impl ServerCertVerifier for RaTlsVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// `https://HOST:PORT` → (host, port).
 pub fn parse_url(url: &str) -> Result<(String, u16), RemoteError> {
-    let rest = url.strip_prefix("https://").ok_or_else(|| RemoteError::Url(url.into()))?;
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| RemoteError::Url(url.into()))?;
     let rest = rest.trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| RemoteError::Url(url.into()))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| RemoteError::Url(url.into()))?;
     let port: u16 = port.parse().map_err(|_| RemoteError::Url(url.into()))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains('/') {
@@ -334,7 +385,10 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?
+        .map_err(|e| RemoteError::Connect {
+            url: url.into(),
+            message: e.to_string(),
+        })?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
@@ -347,7 +401,10 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
     let addr = format!("{host}:{port}");
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
-        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?;
+        .map_err(|e| RemoteError::Connect {
+            url: url.into(),
+            message: e.to_string(),
+        })?;
     let tls = connector.connect(server_name.clone(), tcp).await;
     let attestation = match (tls, verifier.outcome()) {
         (Ok(stream), Some(Ok(a))) => {
@@ -355,7 +412,12 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
             a
         }
         (_, Some(Err(reason))) => return Err(RemoteError::Rejected(reason)),
-        (Err(e), _) => return Err(RemoteError::Connect { url: url.into(), message: e.to_string() }),
+        (Err(e), _) => {
+            return Err(RemoteError::Connect {
+                url: url.into(),
+                message: e.to_string(),
+            })
+        }
         (Ok(_), None) => return Err(reject("the handshake completed without evidence")),
     };
     let expected_spki = attestation.bundle.tls_spki_sha256.clone();
@@ -364,8 +426,13 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
     let conn = connector.clone();
     let name = server_name.clone();
     let v2 = verifier.clone();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?;
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+            RemoteError::Connect {
+                url: url.into(),
+                message: e.to_string(),
+            }
+        })?;
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_uri: http::Uri| {
             let conn = conn.clone();
@@ -378,24 +445,40 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
                 let tls = conn.connect(name, tcp).await?;
                 match v2.outcome() {
                     Some(Ok(a)) if a.bundle.tls_spki_sha256 == expected => {}
-                    _ => return Err(std::io::Error::other("the enclave's key changed since it was attested")),
+                    _ => {
+                        return Err(std::io::Error::other(
+                            "the enclave's key changed since it was attested",
+                        ))
+                    }
                 }
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
         }))
         .await
-        .map_err(|e| RemoteError::Connect { url: url.into(), message: e.to_string() })?;
-    Ok(Attested { client: EnclaveClient::new(channel), attestation })
+        .map_err(|e| RemoteError::Connect {
+            url: url.into(),
+            message: e.to_string(),
+        })?;
+    Ok(Attested {
+        client: EnclaveClient::new(channel),
+        attestation,
+    })
 }
 
 /// Ask for fresh evidence over a random nonce and verify it (proves liveness of the key).
-pub async fn attest_fresh(a: &mut Attested, policy: &Policy, now: Timestamp) -> Result<PeerAttestation, RemoteError> {
+pub async fn attest_fresh(
+    a: &mut Attested,
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<PeerAttestation, RemoteError> {
     let mut nonce = [0u8; 32];
     rand_core::TryRngCore::try_fill_bytes(&mut rand_core::OsRng, &mut nonce)
         .map_err(|e| RemoteError::Protocol(format!("no randomness for the nonce: {e}")))?;
     let bundle = a
         .client
-        .attest(AttestRequest { nonce: nonce.to_vec() })
+        .attest(AttestRequest {
+            nonce: nonce.to_vec(),
+        })
         .await
         .map_err(|s| RemoteError::Status(s.message().to_owned()))?
         .into_inner();
@@ -408,7 +491,9 @@ pub async fn attest_fresh(a: &mut Attested, policy: &Policy, now: Timestamp) -> 
         .map_err(|_| reject("bad TLS key hash"))?;
     let fresh = verify_bundle(&bundle, &spki, &nonce, policy, now)?;
     if fresh.hpke_public_key != a.attestation.hpke_public_key {
-        return Err(reject("fresh evidence names another HPKE key than the handshake's"));
+        return Err(reject(
+            "fresh evidence names another HPKE key than the handshake's",
+        ));
     }
     Ok(fresh)
 }
@@ -430,7 +515,8 @@ pub async fn generate(
     body: &serde_json::Value,
     mut on_piece: impl FnMut(&AnswerPiece),
 ) -> Result<serde_json::Value, RemoteError> {
-    let plain = Zeroizing::new(serde_json::to_vec(body).map_err(|e| RemoteError::Protocol(e.to_string()))?);
+    let plain =
+        Zeroizing::new(serde_json::to_vec(body).map_err(|e| RemoteError::Protocol(e.to_string()))?);
     let (sealed, mut opener) = seal_request(&a.attestation.hpke_public_key, &plain)?;
     drop(plain);
     let mut stream = a
@@ -440,17 +526,26 @@ pub async fn generate(
         .map_err(|s| RemoteError::Status(format!("{:?}: {}", s.code(), s.message())))?
         .into_inner();
     loop {
-        let chunk: Option<SealedChunk> =
-            stream.message().await.map_err(|s| RemoteError::Status(format!("{:?}: {}", s.code(), s.message())))?;
+        let chunk: Option<SealedChunk> = stream
+            .message()
+            .await
+            .map_err(|s| RemoteError::Status(format!("{:?}: {}", s.code(), s.message())))?;
         let Some(chunk) = chunk else {
             opener.finish()?;
-            return Err(RemoteError::Protocol("stream ended after its last chunk without a result".into()));
+            return Err(RemoteError::Protocol(
+                "stream ended after its last chunk without a result".into(),
+            ));
         };
         let (plain, last) = opener.open(&chunk)?;
-        let v: serde_json::Value = serde_json::from_slice(&plain).map_err(|e| RemoteError::Protocol(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&plain).map_err(|e| RemoteError::Protocol(e.to_string()))?;
         match v.get("type").and_then(|t| t.as_str()) {
             Some("text") if !last => {
-                let t = v.get("text").and_then(|t| t.as_str()).unwrap_or("").to_owned();
+                let t = v
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("")
+                    .to_owned();
                 on_piece(&AnswerPiece::Text(t));
             }
             Some("done") if last => {
@@ -463,7 +558,10 @@ pub async fn generate(
                 return Ok(usage);
             }
             Some("error") if last => {
-                let m = v.get("message").and_then(|t| t.as_str()).unwrap_or("unknown error");
+                let m = v
+                    .get("message")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("unknown error");
                 return Err(RemoteError::Status(m.to_owned()));
             }
             _ => return Err(RemoteError::Protocol("unexpected chunk".into())),
@@ -477,9 +575,21 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("https://127.0.0.1:7443").ok(), Some(("127.0.0.1".into(), 7443)));
-        assert_eq!(parse_url("https://[::1]:7443/").ok(), Some(("::1".into(), 7443)));
-        for bad in ["http://x:1", "https://x", "https://:1", "https://x:99999", "x:1"] {
+        assert_eq!(
+            parse_url("https://127.0.0.1:7443").ok(),
+            Some(("127.0.0.1".into(), 7443))
+        );
+        assert_eq!(
+            parse_url("https://[::1]:7443/").ok(),
+            Some(("::1".into(), 7443))
+        );
+        for bad in [
+            "http://x:1",
+            "https://x",
+            "https://:1",
+            "https://x:99999",
+            "x:1",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }

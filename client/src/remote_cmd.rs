@@ -22,7 +22,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, UsageError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| UsageError { path: "runtime".into(), reason: e.to_string() })
+        .map_err(|e| UsageError {
+            path: "runtime".into(),
+            reason: e.to_string(),
+        })
 }
 
 fn platform_of(e: &RemoteError) -> Option<Platform> {
@@ -31,7 +34,12 @@ fn platform_of(e: &RemoteError) -> Option<Platform> {
 }
 
 /// `chrysalis attest URL`.
-pub fn attest(url: String, policy: &Option<PathBuf>, allow_simulated: bool, json: bool) -> Result<ExitCode, UsageError> {
+pub fn attest(
+    url: String,
+    policy: &Option<PathBuf>,
+    allow_simulated: bool,
+    json: bool,
+) -> Result<ExitCode, UsageError> {
     let policy = load_policy(policy.as_deref(), allow_simulated)?;
     let rt = runtime()?;
     let now = now();
@@ -48,16 +56,22 @@ pub fn attest(url: String, policy: &Option<PathBuf>, allow_simulated: bool, json
             if json {
                 let mut v = verdict_json(Some(att.platform()), &ok);
                 if let Some(o) = v.as_object_mut() {
-                    o.insert("enclave".into(), serde_json::json!({
-                        "url": url,
-                        "hpke_public_key": hex::encode(att.hpke_public_key),
-                        "gpu_status": att.gpu_status().as_str_name(),
-                        "config": att.config,
-                    }));
+                    o.insert(
+                        "enclave".into(),
+                        serde_json::json!({
+                            "url": url,
+                            "hpke_public_key": hex::encode(att.hpke_public_key),
+                            "gpu_status": att.gpu_status().as_str_name(),
+                            "config": att.config,
+                        }),
+                    );
                 }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                print!("{}", verdict_text(Some(att.platform()), &ok, std::io::stdout().is_terminal()));
+                print!(
+                    "{}",
+                    verdict_text(Some(att.platform()), &ok, std::io::stdout().is_terminal())
+                );
                 println!("enclave:     {url}");
                 println!("hpke key:    {}", hex::encode(att.hpke_public_key));
                 println!("gpu:         {}", att.gpu_status().as_str_name());
@@ -75,7 +89,11 @@ pub fn attest(url: String, policy: &Option<PathBuf>, allow_simulated: bool, json
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&rejection_json(platform_of(&e), &e.to_string())).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rejection_json(platform_of(&e), &e.to_string()))
+                        .unwrap_or_default()
+                );
             } else {
                 println!("REJECTED: {e}");
             }

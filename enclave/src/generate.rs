@@ -64,9 +64,19 @@ fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn run_streams(engine: chrysalis_inference::Engine, req: &GenerateRequest, n: usize) -> anyhow::Result<()> {
+fn run_streams(
+    engine: chrysalis_inference::Engine,
+    req: &GenerateRequest,
+    n: usize,
+) -> anyhow::Result<()> {
     use chrysalis_inference::{Event, Scheduler, SchedulerConfig};
-    let sched = Scheduler::start(std::sync::Arc::new(engine), SchedulerConfig { max_active: n, max_queued: n });
+    let sched = Scheduler::start(
+        std::sync::Arc::new(engine),
+        SchedulerConfig {
+            max_active: n,
+            max_queued: n,
+        },
+    );
     let start = std::time::Instant::now();
     let mut streams = Vec::with_capacity(n);
     for i in 0..n {
@@ -118,7 +128,11 @@ pub fn load_model(path: Option<&PathBuf>, opts: &LoadOptions) -> anyhow::Result<
 /// Run it.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     set_threads(args.threads);
-    let opts = LoadOptions { precision: args.precision, device: args.device, name: None };
+    let opts = LoadOptions {
+        precision: args.precision,
+        device: args.device,
+        name: None,
+    };
     let model = load_model(args.model.as_ref(), &opts)?;
     let identity = model.identity.clone();
     let engine = Engine::single(model);
@@ -142,7 +156,10 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     if let Some(n) = args.streams.filter(|n| *n > 0) {
         return run_streams(engine, &req, n);
     }
-    let prompt_tokens = engine.model("")?.tokenizer.encode(&engine.model("")?.template.render(&req.messages)?, true);
+    let prompt_tokens = engine
+        .model("")?
+        .tokenizer
+        .encode(&engine.model("")?.template.render(&req.messages)?, true);
     let mut stdout = std::io::stdout().lock();
     let streaming = !args.json;
     let done = engine.generate_blocking(&req, |t| {
@@ -178,5 +195,9 @@ fn candle_core_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }

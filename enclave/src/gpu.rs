@@ -40,7 +40,10 @@ pub struct GpuReport {
 impl GpuReport {
     /// No GPU attached.
     pub fn none() -> Self {
-        Self { status: GpuStatus::None, gpus: Vec::new() }
+        Self {
+            status: GpuStatus::None,
+            gpus: Vec::new(),
+        }
     }
 }
 
@@ -77,19 +80,33 @@ impl std::fmt::Debug for NvmlHandle {
 impl NvidiaGpus {
     /// Load NVML. `Ok(None)` when the library or any GPU is absent (a CPU-only host).
     pub fn detect() -> Result<Option<Self>, GpuError> {
-        let Ok(nvml) = nvml_wrapper::Nvml::init() else { return Ok(None) };
-        let count = nvml.device_count().map_err(|e| GpuError::Nvml { index: 0, what: "device count", message: e.to_string() })?;
+        let Ok(nvml) = nvml_wrapper::Nvml::init() else {
+            return Ok(None);
+        };
+        let count = nvml.device_count().map_err(|e| GpuError::Nvml {
+            index: 0,
+            what: "device count",
+            message: e.to_string(),
+        })?;
         if count == 0 {
             return Ok(None);
         }
-        Ok(Some(Self { nvml: NvmlHandle(nvml) }))
+        Ok(Some(Self {
+            nvml: NvmlHandle(nvml),
+        }))
     }
 }
 
 impl GpuDevice for NvidiaGpus {
     fn attest(&self, nonce: &[u8; 32]) -> Result<GpuReport, GpuError> {
         let nvml = &self.nvml.0;
-        let err = |index: u32, what: &'static str| move |e: nvml_wrapper::error::NvmlError| GpuError::Nvml { index, what, message: e.to_string() };
+        let err = |index: u32, what: &'static str| {
+            move |e: nvml_wrapper::error::NvmlError| GpuError::Nvml {
+                index,
+                what,
+                message: e.to_string(),
+            }
+        };
         let count = nvml.device_count().map_err(err(0, "device count"))?;
         let driver_version = nvml.sys_driver_version().unwrap_or_default();
         let mut gpus = Vec::new();
@@ -97,12 +114,18 @@ impl GpuDevice for NvidiaGpus {
             let dev = nvml.device_by_index(index).map_err(err(index, "open"))?;
             let name = dev.name().unwrap_or_default();
             let uuid = dev.uuid().unwrap_or_default();
-            let cc_mode = dev.is_cc_enabled().map_err(err(index, "confidential-computing state"))?;
+            let cc_mode = dev
+                .is_cc_enabled()
+                .map_err(err(index, "confidential-computing state"))?;
             if !cc_mode {
                 return Err(GpuError::NotConfidential { index, name });
             }
-            let report = dev.confidential_compute_gpu_attestation_report(*nonce).map_err(err(index, "attestation report"))?;
-            let cert = dev.confidential_compute_gpu_certificate().map_err(err(index, "certificate chain"))?;
+            let report = dev
+                .confidential_compute_gpu_attestation_report(*nonce)
+                .map_err(err(index, "attestation report"))?;
+            let cert = dev
+                .confidential_compute_gpu_certificate()
+                .map_err(err(index, "certificate chain"))?;
             gpus.push(GpuEvidence {
                 vendor: "nvidia".into(),
                 name,
@@ -118,9 +141,13 @@ impl GpuDevice for NvidiaGpus {
         // (NVML's ready state is system-wide, set through any device.)
         if !gpus.is_empty() {
             let dev = nvml.device_by_index(0).map_err(err(0, "open"))?;
-            dev.set_confidential_compute_state(true).map_err(err(0, "set ready state"))?;
+            dev.set_confidential_compute_state(true)
+                .map_err(err(0, "set ready state"))?;
         }
-        Ok(GpuReport { status: GpuStatus::Attested, gpus })
+        Ok(GpuReport {
+            status: GpuStatus::Attested,
+            gpus,
+        })
     }
 }
 

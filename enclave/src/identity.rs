@@ -8,7 +8,9 @@ use chrysalis_proto::binding::{self, BindingInputs, BINDING_VERSION};
 use chrysalis_proto::seal::HpkeKeyPair;
 use chrysalis_proto::{EvidenceBundle, Platform};
 use prost::Message;
-use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rcgen::{
+    CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -96,11 +98,17 @@ struct RateLimit {
 
 impl RateLimit {
     fn new(per_second: f64, burst: f64) -> Self {
-        Self { capacity: burst, per_second, state: Mutex::new((burst, Instant::now())) }
+        Self {
+            capacity: burst,
+            per_second,
+            state: Mutex::new((burst, Instant::now())),
+        }
     }
 
     fn take(&self) -> Result<(), Duration> {
-        let Ok(mut s) = self.state.lock() else { return Err(Duration::from_secs(1)) };
+        let Ok(mut s) = self.state.lock() else {
+            return Err(Duration::from_secs(1));
+        };
         let now = Instant::now();
         let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
         s.0 = (s.0 + refill).min(self.capacity);
@@ -158,19 +166,27 @@ impl Identity {
             tee,
             gpu,
             hpke,
-            tls: TlsIdentity { cert_der: Vec::new(), key_der: Zeroizing::new(key.serialize_der()), spki_sha256 },
+            tls: TlsIdentity {
+                cert_der: Vec::new(),
+                key_der: Zeroizing::new(key.serialize_der()),
+                spki_sha256,
+            },
             config_json,
             event_log_json,
             config_binding,
             cached: EvidenceBundle::default(),
-            fresh_limit: RateLimit::new(fresh_per_second.max(0.01), (fresh_per_second * 2.0).max(1.0)),
+            fresh_limit: RateLimit::new(
+                fresh_per_second.max(0.01),
+                (fresh_per_second * 2.0).max(1.0),
+            ),
         };
         me.cached = me.produce(&[])?;
         let mut params = CertificateParams::new(vec!["chrysalis-enclave".to_owned()])?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "Chrysalis enclave (RA-TLS)");
         params.distinguished_name = dn;
-        let mut ext = CustomExtension::from_oid_content(RATLS_EXTENSION_OID, me.cached.encode_to_vec());
+        let mut ext =
+            CustomExtension::from_oid_content(RATLS_EXTENSION_OID, me.cached.encode_to_vec());
         ext.set_criticality(true);
         params.custom_extensions.push(ext);
         me.tls.cert_der = params.self_signed(&key)?.der().to_vec();
@@ -220,7 +236,9 @@ impl Identity {
             return Ok(self.cached.clone());
         }
         binding::check_nonce(nonce).map_err(IdentityError::Nonce)?;
-        self.fresh_limit.take().map_err(IdentityError::RateLimited)?;
+        self.fresh_limit
+            .take()
+            .map_err(IdentityError::RateLimited)?;
         self.produce(nonce)
     }
 

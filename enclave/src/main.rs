@@ -25,7 +25,11 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The service logs what it does; `generate` (scripts, benchmarks) only warnings.
-    let default_level = if cli.command.is_some() { "warn" } else { "info" };
+    let default_level = if cli.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CHRYSALIS_LOG")

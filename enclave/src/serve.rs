@@ -49,7 +49,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         eprintln!("chrysalis-enclave: WARNING: {}", tee::simulated::WARNING);
     }
     let gpu = crate::gpu::detect()?;
-    let opts = LoadOptions { precision: args.precision, device: args.device, name: None };
+    let opts = LoadOptions {
+        precision: args.precision,
+        device: args.device,
+        name: None,
+    };
     let mut engine = Engine::default();
     if args.model.is_empty() {
         engine.add(chrysalis_inference::load_default(&opts)?);
@@ -66,17 +70,35 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         max_queued: args.max_queued,
         binding_version: chrysalis_proto::binding::BINDING_VERSION,
     };
-    let identity = Arc::new(Identity::new(tee, gpu, &config, args.fresh_evidence_per_second)?);
+    let identity = Arc::new(Identity::new(
+        tee,
+        gpu,
+        &config,
+        args.fresh_evidence_per_second,
+    )?);
     let scheduler = Arc::new(Scheduler::start(
         Arc::new(engine),
-        SchedulerConfig { max_active: args.max_active, max_queued: args.max_queued },
+        SchedulerConfig {
+            max_active: args.max_active,
+            max_queued: args.max_queued,
+        },
     ));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = crate::server::bind(args.listen).await?;
         let addr = listener.local_addr()?;
         // One line on stdout, for scripts and tests that start us on port 0.
-        println!("chrysalis-enclave listening on https://{addr} (tee {})", if identity.is_simulated() { "SIMULATED: NOT CONFIDENTIAL" } else { "hardware" });
+        println!(
+            "chrysalis-enclave listening on https://{addr} (tee {})",
+            if identity.is_simulated() {
+                "SIMULATED: NOT CONFIDENTIAL"
+            } else {
+                "hardware"
+            }
+        );
         tracing::info!(target: "chrysalis::enclave", %addr, "serving");
         crate::server::serve(listener, identity, scheduler, shutdown_signal()).await
     })
@@ -86,7 +108,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
             return;
         }

@@ -11,8 +11,8 @@ use chrysalis_inference::{Event, GenerateRequest, InferenceError, Scheduler};
 use chrysalis_proto::enclave_server::{Enclave, EnclaveServer};
 use chrysalis_proto::seal::SealError;
 use chrysalis_proto::{
-    AttestRequest, EvidenceBundle, HealthRequest, HealthResponse, ListModelsRequest, ListModelsResponse, ModelInfo,
-    SealedChunk, SealedRequest,
+    AttestRequest, EvidenceBundle, HealthRequest, HealthResponse, ListModelsRequest,
+    ListModelsResponse, ModelInfo, SealedChunk, SealedRequest,
 };
 use serde::{Deserialize, Serialize};
 use tokio_stream::Stream;
@@ -54,14 +54,20 @@ pub struct EnclaveService {
 impl EnclaveService {
     /// A service.
     pub fn new(identity: Arc<Identity>, scheduler: Arc<Scheduler>) -> Self {
-        Self { identity, scheduler, generate_requests: std::sync::atomic::AtomicU64::new(0) }
+        Self {
+            identity,
+            scheduler,
+            generate_requests: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
 fn inference_status(e: &InferenceError) -> Status {
     match e {
         InferenceError::UnknownModel(_) => Status::not_found(e.to_string()),
-        InferenceError::BadRequest(_) | InferenceError::ContextTooLong { .. } => Status::invalid_argument(e.to_string()),
+        InferenceError::BadRequest(_) | InferenceError::ContextTooLong { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
         InferenceError::Busy(_) => Status::resource_exhausted(e.to_string()),
         InferenceError::ShuttingDown => Status::unavailable(e.to_string()),
         _ => Status::internal(e.to_string()),
@@ -70,7 +76,9 @@ fn inference_status(e: &InferenceError) -> Status {
 
 fn seal_status(e: &SealError) -> Status {
     match e {
-        SealError::WrongRecipient => Status::failed_precondition(format!("{e}: attest again and re-seal")),
+        SealError::WrongRecipient => {
+            Status::failed_precondition(format!("{e}: attest again and re-seal"))
+        }
         _ => Status::invalid_argument(e.to_string()),
     }
 }
@@ -87,7 +95,10 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<SealedChunk, Status>> + Send
 
 #[tonic::async_trait]
 impl Enclave for EnclaveService {
-    async fn attest(&self, request: Request<AttestRequest>) -> Result<Response<EvidenceBundle>, Status> {
+    async fn attest(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<EvidenceBundle>, Status> {
         let nonce = request.into_inner().nonce;
         let id = Arc::clone(&self.identity);
         let bundle = tokio::task::spawn_blocking(move || id.evidence(&nonce))
@@ -97,7 +108,10 @@ impl Enclave for EnclaveService {
         Ok(Response::new(bundle))
     }
 
-    async fn list_models(&self, _: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        _: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
         let models = self
             .scheduler
             .engine()
@@ -115,15 +129,32 @@ impl Enclave for EnclaveService {
 
     type GenerateStream = ChunkStream;
 
-    async fn generate(&self, request: Request<SealedRequest>) -> Result<Response<Self::GenerateStream>, Status> {
-        self.generate_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    async fn generate(
+        &self,
+        request: Request<SealedRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        self.generate_requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let sealed = request.into_inner();
-        let (body, mut sealer) = self.identity.hpke().open_request(&sealed).map_err(|e| seal_status(&e))?;
+        let (body, mut sealer) = self
+            .identity
+            .hpke()
+            .open_request(&sealed)
+            .map_err(|e| seal_status(&e))?;
         let req: GenerateRequest = serde_json::from_slice(&body)
             // serde's message may quote the input: only its position is passed on.
-            .map_err(|e| Status::invalid_argument(format!("request body is not a valid request (line {}, column {})", e.line(), e.column())))?;
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "request body is not a valid request (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ))
+            })?;
         drop(body);
-        let mut events = self.scheduler.submit(&req).map_err(|e| inference_status(&e))?;
+        let mut events = self
+            .scheduler
+            .submit(&req)
+            .map_err(|e| inference_status(&e))?;
         drop(req);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<SealedChunk, Status>>(64);
         tokio::spawn(async move {
@@ -139,15 +170,25 @@ impl Enclave for EnclaveService {
                             continue;
                         }
                         (
-                            ChunkBody::Text { text: std::mem::take(&mut pending_text), tokens: std::mem::take(&mut pending_tokens) },
+                            ChunkBody::Text {
+                                text: std::mem::take(&mut pending_text),
+                                tokens: std::mem::take(&mut pending_tokens),
+                            },
                             false,
                         )
                     }
                     Ok(Event::Done(usage)) => (ChunkBody::Done { usage }, true),
-                    Err(e) => (ChunkBody::Error { message: e.to_string() }, true),
+                    Err(e) => (
+                        ChunkBody::Error {
+                            message: e.to_string(),
+                        },
+                        true,
+                    ),
                 };
                 let plain = Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default());
-                let item = sealer.seal(&plain, last).map_err(|e| Status::internal(e.to_string()));
+                let item = sealer
+                    .seal(&plain, last)
+                    .map_err(|e| Status::internal(e.to_string()));
                 if tx.send(item).await.is_err() {
                     // The client went away: dropping `events` cancels the sequence.
                     return;
@@ -157,18 +198,29 @@ impl Enclave for EnclaveService {
                 }
             }
             // The scheduler ended the stream without a last event: tell the client.
-            let _ = tx.send(Err(Status::internal("generation ended unexpectedly"))).await;
+            let _ = tx
+                .send(Err(Status::internal("generation ended unexpectedly")))
+                .await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         Ok(Response::new(HealthResponse {
-            status: if self.identity.is_simulated() { "serving (SIMULATED TEE: NOT CONFIDENTIAL)" } else { "serving" }.into(),
+            status: if self.identity.is_simulated() {
+                "serving (SIMULATED TEE: NOT CONFIDENTIAL)"
+            } else {
+                "serving"
+            }
+            .into(),
             platform: self.identity.platform() as i32,
             queued: u32::try_from(self.scheduler.queued()).unwrap_or(u32::MAX),
             version: env!("CARGO_PKG_VERSION").into(),
-            generate_requests: self.generate_requests.load(std::sync::atomic::Ordering::SeqCst),
+            generate_requests: self
+                .generate_requests
+                .load(std::sync::atomic::Ordering::SeqCst),
         }))
     }
 }
@@ -181,7 +233,10 @@ use zeroize::Zeroizing;
 struct RaTlsCert(Arc<rustls::sign::CertifiedKey>);
 
 impl rustls::server::ResolvesServerCert for RaTlsCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(Arc::clone(&self.0))
     }
 }
@@ -211,19 +266,29 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&identity)?));
-    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>(16);
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >(16);
     let accept_loop = tokio::spawn(async move {
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else { continue };
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             let conn_tx = conn_tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(tls)) => {
                         let _ = conn_tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(target: "chrysalis::server", %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(target: "chrysalis::server", %peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        tracing::info!(target: "chrysalis::server", %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        tracing::info!(target: "chrysalis::server", %peer, "TLS handshake timed out")
+                    }
                 }
             });
         }
@@ -231,7 +296,10 @@ pub async fn serve(
     let svc = EnclaveService::new(identity, scheduler);
     let result = tonic::transport::Server::builder()
         .add_service(EnclaveServer::new(svc))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(conn_rx),
+            shutdown,
+        )
         .await;
     accept_loop.abort();
     result.map_err(Into::into)

@@ -30,7 +30,10 @@ impl std::fmt::Debug for GenerateRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GenerateRequest")
             .field("model", &self.model)
-            .field("messages", &format_args!("<redacted: {} messages>", self.messages.len()))
+            .field(
+                "messages",
+                &format_args!("<redacted: {} messages>", self.messages.len()),
+            )
             .field("params", &self.params)
             .finish()
     }
@@ -111,18 +114,28 @@ impl Sequence {
     }
 
     /// Start from prompt tokens (raw completion, no template).
-    pub fn from_tokens(model: Arc<Model>, prompt: Vec<u32>, params: SamplingParams) -> Result<Self, InferenceError> {
+    pub fn from_tokens(
+        model: Arc<Model>,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<Self, InferenceError> {
         params.validate()?;
         let context = model.identity.context_length;
         if prompt.is_empty() {
             return Err(InferenceError::BadRequest("the prompt is empty".into()));
         }
         if prompt.len() + 1 > context {
-            return Err(InferenceError::ContextTooLong { prompt_tokens: prompt.len(), max_tokens: params.max_tokens, context });
+            return Err(InferenceError::ContextTooLong {
+                prompt_tokens: prompt.len(),
+                max_tokens: params.max_tokens,
+                context,
+            });
         }
         let vocab = model.tokenizer.vocab_size();
         if prompt.iter().any(|&t| t as usize >= vocab) {
-            return Err(InferenceError::BadRequest("token id outside the vocabulary".into()));
+            return Err(InferenceError::BadRequest(
+                "token id outside the vocabulary".into(),
+            ));
         }
         Ok(Self {
             session: model.session()?,
@@ -157,7 +170,11 @@ impl Sequence {
                 let after_first = self.generated.len().saturating_sub(1) as f64;
                 (
                     t.duration_since(self.started).as_secs_f64() * 1e3,
-                    if decode_secs > 0.0 { after_first / decode_secs } else { 0.0 },
+                    if decode_secs > 0.0 {
+                        after_first / decode_secs
+                    } else {
+                        0.0
+                    },
                 )
             }
             None => (0.0, 0.0),
@@ -205,7 +222,10 @@ impl Sequence {
         }
         self.generated.push(id);
         if self.model.tokenizer.is_eog(id) {
-            out.push(Event::Token { id, text: String::new() });
+            out.push(Event::Token {
+                id,
+                text: String::new(),
+            });
             self.finish(FinishReason::Stop, &mut out, Some(id));
             return Ok(out);
         }
@@ -274,8 +294,15 @@ impl Engine {
 
     /// The model a request names (empty name: the default).
     pub fn model(&self, name: &str) -> Result<Arc<Model>, InferenceError> {
-        let key = if name.is_empty() { self.default.as_deref().unwrap_or("") } else { name };
-        self.models.get(key).cloned().ok_or_else(|| InferenceError::UnknownModel(name.to_owned()))
+        let key = if name.is_empty() {
+            self.default.as_deref().unwrap_or("")
+        } else {
+            name
+        };
+        self.models
+            .get(key)
+            .cloned()
+            .ok_or_else(|| InferenceError::UnknownModel(name.to_owned()))
     }
 
     /// Run one request to the end on this thread, calling `on_text` with each piece.
@@ -294,7 +321,11 @@ impl Engine {
                         text.push_str(&t);
                     }
                     Event::Done(usage) => {
-                        return Ok(Completion { text, tokens: seq.generated().to_vec(), usage });
+                        return Ok(Completion {
+                            text,
+                            tokens: seq.generated().to_vec(),
+                            usage,
+                        });
                     }
                 }
             }

@@ -30,7 +30,8 @@ use std::path::PathBuf;
 /// File name of the embedded default model (SmolLM2-135M-Instruct, GGUF Q4_1, Apache-2.0).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// SHA-256 of the default model file, pinned by `scripts/fetch-model.sh`.
-pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// Name the default model is served under.
 pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct";
 
@@ -42,7 +43,9 @@ pub fn default_model_candidates() -> Vec<PathBuf> {
         v.push(PathBuf::from(p));
     }
     v.push(PathBuf::from("/usr/share/chrysalis/models").join(DEFAULT_MODEL_FILE));
-    v.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).join(DEFAULT_MODEL_FILE));
+    v.push(
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).join(DEFAULT_MODEL_FILE),
+    );
     v
 }
 
@@ -60,7 +63,14 @@ pub fn default_model_path() -> Result<PathBuf, InferenceError> {
 /// Load the default model, checking its pinned SHA-256.
 pub fn load_default(opts: &LoadOptions) -> Result<Model, InferenceError> {
     let path = default_model_path()?;
-    let opts = LoadOptions { name: Some(opts.name.clone().unwrap_or_else(|| DEFAULT_MODEL_NAME.into())), ..opts.clone() };
+    let opts = LoadOptions {
+        name: Some(
+            opts.name
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MODEL_NAME.into()),
+        ),
+        ..opts.clone()
+    };
     let model = Model::load(&path, &opts)?;
     if hex::encode(model.identity.sha256) != DEFAULT_MODEL_SHA256 {
         return Err(InferenceError::BadModel(format!(

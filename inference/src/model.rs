@@ -151,8 +151,11 @@ impl WeightSource {
             Self::Llama(w) => Ok(Weights::Llama(w.clone())),
             Self::Qwen2(bytes) => {
                 let mut r = Cursor::new(bytes.as_slice());
-                let ct = gguf_file::Content::read(&mut r).map_err(|e| InferenceError::BadModel(format!("GGUF: {e}")))?;
-                Ok(Weights::Qwen2(Box::new(quantized_qwen2::ModelWeights::from_gguf(ct, &mut r, device)?)))
+                let ct = gguf_file::Content::read(&mut r)
+                    .map_err(|e| InferenceError::BadModel(format!("GGUF: {e}")))?;
+                Ok(Weights::Qwen2(Box::new(
+                    quantized_qwen2::ModelWeights::from_gguf(ct, &mut r, device)?,
+                )))
             }
         }
     }
@@ -182,14 +185,19 @@ pub struct Model {
 
 /// Reports load progress: a bar on a terminal, structured logs otherwise.
 fn read_with_progress(path: &Path) -> Result<Vec<u8>, InferenceError> {
-    let io = |source| InferenceError::Io { path: path.display().to_string(), source };
+    let io = |source| InferenceError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let total = file.metadata().map_err(io)?.len();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
-            indicatif::ProgressStyle::with_template("loading model {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "loading model {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(b)
     } else {
@@ -225,8 +233,15 @@ fn needs_requant(dtype: GgmlDType) -> bool {
 }
 
 /// Rewrite the GGUF in memory with slow block formats requantized to Q8_0.
-fn requantize_gguf(ct: &gguf_file::Content, bytes: &[u8]) -> Result<Option<Vec<u8>>, InferenceError> {
-    if !ct.tensor_infos.values().any(|t| needs_requant(t.ggml_dtype)) {
+fn requantize_gguf(
+    ct: &gguf_file::Content,
+    bytes: &[u8],
+) -> Result<Option<Vec<u8>>, InferenceError> {
+    if !ct
+        .tensor_infos
+        .values()
+        .any(|t| needs_requant(t.ggml_dtype))
+    {
         return Ok(None);
     }
     let mut reader = Cursor::new(bytes);
@@ -243,7 +258,8 @@ fn requantize_gguf(ct: &gguf_file::Content, bytes: &[u8]) -> Result<Option<Vec<u
         };
         tensors.push((name.clone(), q));
     }
-    let mut md: Vec<(&str, &gguf_file::Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut md: Vec<(&str, &gguf_file::Value)> =
+        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     md.sort_by(|a, b| a.0.cmp(b.0));
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut out = Cursor::new(Vec::new());
@@ -254,7 +270,9 @@ fn requantize_gguf(ct: &gguf_file::Content, bytes: &[u8]) -> Result<Option<Vec<u
 impl Model {
     /// Load a GGUF model file.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
-        let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let is_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
             return Err(InferenceError::UnsupportedModel(format!(
                 "{}: safetensors models are not supported yet; convert to GGUF",
@@ -263,12 +281,17 @@ impl Model {
         }
         let bytes = read_with_progress(path)?;
         if !is_gguf && bytes.get(..4) != Some(b"GGUF") {
-            return Err(InferenceError::BadModel(format!("{} is not a GGUF file", path.display())));
+            return Err(InferenceError::BadModel(format!(
+                "{} is not a GGUF file",
+                path.display()
+            )));
         }
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         let size = bytes.len() as u64;
         let name = opts.name.clone().unwrap_or_else(|| {
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
         });
         Self::from_bytes(&bytes, name, sha256, size, opts)
     }
@@ -288,7 +311,9 @@ impl Model {
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
             .cloned()
-            .ok_or_else(|| InferenceError::BadModel("GGUF metadata general.architecture missing".into()))?;
+            .ok_or_else(|| {
+                InferenceError::BadModel("GGUF metadata general.architecture missing".into())
+            })?;
         let tokenizer = Tokenizer::from_gguf(&ct)?;
         let token_text = |key: &str| {
             ct.metadata
@@ -310,7 +335,11 @@ impl Model {
             &token_text("tokenizer.ggml.eos_token_id"),
         )?;
         let ctx_key = format!("{arch}.context_length");
-        let file_ctx = ct.metadata.get(&ctx_key).and_then(|v| v.to_u32().ok()).unwrap_or(2048) as usize;
+        let file_ctx = ct
+            .metadata
+            .get(&ctx_key)
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(2048) as usize;
 
         let requant = match (opts.precision, device.is_cpu()) {
             (Precision::Auto, true) => requantize_gguf(&ct, bytes)?,
@@ -327,7 +356,11 @@ impl Model {
         let mut reader = Cursor::new(data);
         let (weights, context_length) = match arch.as_str() {
             "llama" => (
-                WeightSource::Llama(Box::new(quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &device)?)),
+                WeightSource::Llama(Box::new(quantized_llama::ModelWeights::from_gguf(
+                    ct,
+                    &mut reader,
+                    &device,
+                )?)),
                 file_ctx.min(quantized_llama::MAX_SEQ_LEN),
             ),
             "qwen2" => {
@@ -344,14 +377,30 @@ impl Model {
         if tokenizer.vocab_size() == 0 {
             return Err(InferenceError::BadModel("empty vocabulary".into()));
         }
-        let identity = ModelIdentity { name, sha256, size, architecture: arch, context_length };
+        let identity = ModelIdentity {
+            name,
+            sha256,
+            size,
+            architecture: arch,
+            context_length,
+        };
         tracing::info!(target: "chrysalis::model", model = %identity.name, sha256 = %hex::encode(sha256), size, requantized = requant.is_some(), device = ?device, "model loaded");
-        Ok(Self { weights, tokenizer, template, identity, device })
+        Ok(Self {
+            weights,
+            tokenizer,
+            template,
+            identity,
+            device,
+        })
     }
 
     /// A fresh sequence (its own KV cache; the weights are shared).
     pub fn session(&self) -> Result<Session, InferenceError> {
-        Ok(Session { weights: self.weights.instantiate(&self.device)?, pos: 0, device: self.device.clone() })
+        Ok(Session {
+            weights: self.weights.instantiate(&self.device)?,
+            pos: 0,
+            device: self.device.clone(),
+        })
     }
 }
 

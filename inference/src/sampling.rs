@@ -31,21 +31,35 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.7, top_p: 0.95, top_k: 40, seed: 0, max_tokens: 256, stop: Vec::new() }
+        Self {
+            temperature: 0.7,
+            top_p: 0.95,
+            top_k: 40,
+            seed: 0,
+            max_tokens: 256,
+            stop: Vec::new(),
+        }
     }
 }
 
 impl SamplingParams {
     /// Greedy decoding of at most `max_tokens`.
     pub fn greedy(max_tokens: usize) -> Self {
-        Self { temperature: 0.0, max_tokens, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            max_tokens,
+            ..Self::default()
+        }
     }
 
     /// Check ranges; a clear error for each bad value.
     pub fn validate(&self) -> Result<(), InferenceError> {
         let bad = |m: String| Err(InferenceError::BadRequest(m));
         if !self.temperature.is_finite() || !(0.0..=5.0).contains(&self.temperature) {
-            return bad(format!("temperature {} is outside [0, 5]", self.temperature));
+            return bad(format!(
+                "temperature {} is outside [0, 5]",
+                self.temperature
+            ));
         }
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad(format!("top_p {} is outside (0, 1]", self.top_p));
@@ -56,7 +70,11 @@ impl SamplingParams {
         if self.stop.len() > MAX_STOP_STRINGS {
             return bad(format!("at most {MAX_STOP_STRINGS} stop strings"));
         }
-        if self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+        if self
+            .stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_STOP_LEN)
+        {
             return bad(format!("stop strings must be 1 to {MAX_STOP_LEN} bytes"));
         }
         Ok(())
@@ -70,8 +88,15 @@ impl SamplingParams {
         match (self.top_k, self.top_p < 1.0) {
             (0, false) => Sampling::All { temperature },
             (k, false) => Sampling::TopK { k, temperature },
-            (0, true) => Sampling::TopP { p: self.top_p, temperature },
-            (k, true) => Sampling::TopKThenTopP { k, p: self.top_p, temperature },
+            (0, true) => Sampling::TopP {
+                p: self.top_p,
+                temperature,
+            },
+            (k, true) => Sampling::TopKThenTopP {
+                k,
+                p: self.top_p,
+                temperature,
+            },
         }
     }
 }
@@ -90,7 +115,9 @@ impl std::fmt::Debug for Sampler {
 impl Sampler {
     /// A sampler for validated parameters.
     pub fn new(params: &SamplingParams) -> Self {
-        Self { inner: LogitsProcessor::from_sampling(params.seed, params.sampling()) }
+        Self {
+            inner: LogitsProcessor::from_sampling(params.seed, params.sampling()),
+        }
     }
 
     /// The next token for a 1-D logits vector.
@@ -118,7 +145,10 @@ pub enum StopOutcome {
 impl StopMatcher {
     /// A matcher for these stop strings.
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.to_vec(), held: String::new() }
+        Self {
+            stops: stops.to_vec(),
+            held: String::new(),
+        }
     }
 
     /// Feed newly decoded text.
@@ -127,7 +157,11 @@ impl StopMatcher {
         if self.stops.is_empty() {
             return StopOutcome::Emit(std::mem::take(&mut self.held));
         }
-        let first = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
         if let Some(pos) = first {
             let mut out = std::mem::take(&mut self.held);
             out.truncate(pos);
@@ -163,37 +197,84 @@ mod tests {
     fn validation_rejects_each_bad_value() {
         assert!(SamplingParams::default().validate().is_ok());
         let bad = [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { temperature: f64::NAN, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { top_p: 1.5, ..Default::default() },
-            SamplingParams { max_tokens: 0, ..Default::default() },
-            SamplingParams { stop: vec![String::new()], ..Default::default() },
-            SamplingParams { stop: vec!["x".into(); 9], ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f64::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                max_tokens: 0,
+                ..Default::default()
+            },
+            SamplingParams {
+                stop: vec![String::new()],
+                ..Default::default()
+            },
+            SamplingParams {
+                stop: vec!["x".into(); 9],
+                ..Default::default()
+            },
         ];
         for p in bad {
-            assert!(matches!(p.validate(), Err(InferenceError::BadRequest(_))), "{p:?}");
+            assert!(
+                matches!(p.validate(), Err(InferenceError::BadRequest(_))),
+                "{p:?}"
+            );
         }
     }
 
     #[test]
     fn greedy_picks_argmax_and_seeded_sampling_is_reproducible() {
-        let logits = Tensor::new(&[0.1f32, 3.0, 0.2, 2.9], &candle_core::Device::Cpu).expect("tensor");
+        let logits =
+            Tensor::new(&[0.1f32, 3.0, 0.2, 2.9], &candle_core::Device::Cpu).expect("tensor");
         let mut g = Sampler::new(&SamplingParams::greedy(1));
         assert_eq!(g.sample(&logits).expect("sample"), 1);
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p);
-            (0..32).map(|_| s.sample(&logits).expect("sample")).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| s.sample(&logits).expect("sample"))
+                .collect::<Vec<_>>()
         };
         let a = draw(&p);
         assert_eq!(a, draw(&p));
-        assert!(a.iter().any(|&t| t != 1), "temperature 1 should not always pick the argmax");
+        assert!(
+            a.iter().any(|&t| t != 1),
+            "temperature 1 should not always pick the argmax"
+        );
         // top-k 1 is greedy whatever the temperature.
-        let k1 = SamplingParams { temperature: 2.0, top_k: 1, seed: 3, ..Default::default() };
+        let k1 = SamplingParams {
+            temperature: 2.0,
+            top_k: 1,
+            seed: 3,
+            ..Default::default()
+        };
         assert!(draw(&k1).iter().all(|&t| t == 1));
         // top-p small keeps only the most likely token.
-        let p_small = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.01, seed: 3, ..Default::default() };
+        let p_small = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.01,
+            seed: 3,
+            ..Default::default()
+        };
         assert!(draw(&p_small).iter().all(|&t| t == 1));
     }
 

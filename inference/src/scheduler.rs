@@ -25,7 +25,10 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { max_active: 8, max_queued: 32 }
+        Self {
+            max_active: 8,
+            max_queued: 32,
+        }
     }
 }
 
@@ -50,7 +53,10 @@ pub struct Scheduler {
 impl Scheduler {
     /// Start the decode loop.
     pub fn start(engine: Arc<Engine>, config: SchedulerConfig) -> Self {
-        let config = SchedulerConfig { max_active: config.max_active.max(1), max_queued: config.max_queued };
+        let config = SchedulerConfig {
+            max_active: config.max_active.max(1),
+            max_queued: config.max_queued,
+        };
         // The channel itself holds the queue; `queued` counts what it holds for the busy check.
         let (tx, rx) = mpsc::sync_channel::<Job>(config.max_queued.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -59,7 +65,13 @@ impl Scheduler {
             .name("chrysalis-decode".into())
             .spawn(move || decode_loop(&rx, &q, config.max_active))
             .ok();
-        Self { engine, tx: Some(tx), queued, config, worker }
+        Self {
+            engine,
+            tx: Some(tx),
+            queued,
+            config,
+            worker,
+        }
     }
 
     /// The engine behind it.

@@ -30,7 +30,10 @@ impl std::fmt::Debug for Message {
 impl Message {
     /// A message.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -53,8 +56,14 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned("chat", source.to_owned())
-            .map_err(|e| InferenceError::BadModel(format!("chat template does not compile: {e}")))?;
-        Ok(Self { env, bos: bos.to_owned(), eos: eos.to_owned() })
+            .map_err(|e| {
+                InferenceError::BadModel(format!("chat template does not compile: {e}"))
+            })?;
+        Ok(Self {
+            env,
+            bos: bos.to_owned(),
+            eos: eos.to_owned(),
+        })
     }
 
     /// Render the conversation with the assistant's turn opened.
@@ -81,7 +90,12 @@ impl ChatTemplate {
             eos_token => self.eos.as_str(),
         })
         // The template's own error text may quote the messages; it is not passed on.
-        .map_err(|e| InferenceError::BadRequest(format!("the chat template refused the conversation ({:?})", e.kind())))
+        .map_err(|e| {
+            InferenceError::BadRequest(format!(
+                "the chat template refused the conversation ({:?})",
+                e.kind()
+            ))
+        })
     }
 }
 
@@ -93,7 +107,10 @@ mod tests {
     fn chatml_renders_with_generation_prompt() {
         let t = ChatTemplate::new(CHATML, "", "<|im_end|>").expect("compiles");
         let s = t
-            .render(&[Message::new("system", "be brief"), Message::new("user", "hi")])
+            .render(&[
+                Message::new("system", "be brief"),
+                Message::new("user", "hi"),
+            ])
             .expect("renders");
         assert_eq!(
             s,
@@ -105,8 +122,13 @@ mod tests {
     fn python_methods_and_raise_exception_work() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ messages[0].content.strip().upper() }}";
         let t = ChatTemplate::new(src, "", "").expect("compiles");
-        assert_eq!(t.render(&[Message::new("user", "  hi ")]).expect("renders"), "HI");
-        let err = t.render(&[Message::new("assistant", "x")]).expect_err("raises");
+        assert_eq!(
+            t.render(&[Message::new("user", "  hi ")]).expect("renders"),
+            "HI"
+        );
+        let err = t
+            .render(&[Message::new("assistant", "x")])
+            .expect_err("raises");
         assert!(matches!(err, InferenceError::BadRequest(_)));
     }
 

@@ -23,8 +23,7 @@ const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// The GPT-2 split, as llama.cpp writes it (text no pattern matches stays a piece of its own).
-const GPT2_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -129,7 +128,10 @@ impl Tokenizer {
             None => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
-            return Err(bad("tokenizer.ggml.token_type", "length differs from tokens"));
+            return Err(bad(
+                "tokenizer.ggml.token_type",
+                "length differs from tokens",
+            ));
         }
         let mut vocab = HashMap::with_capacity(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
@@ -138,9 +140,12 @@ impl Tokenizer {
         }
         let mut merges = HashMap::with_capacity(merges_raw.len());
         for (rank, m) in merges_raw.iter().enumerate() {
-            let (a, b) = m
-                .split_once(' ')
-                .ok_or_else(|| bad("tokenizer.ggml.merges", format!("entry {rank} has no space")))?;
+            let (a, b) = m.split_once(' ').ok_or_else(|| {
+                bad(
+                    "tokenizer.ggml.merges",
+                    format!("entry {rank} has no space"),
+                )
+            })?;
             let rank = u32::try_from(rank).map_err(|_| bad("tokenizer.ggml.merges", "too many"))?;
             merges.entry((a.to_owned(), b.to_owned())).or_insert(rank);
         }
@@ -161,13 +166,23 @@ impl Tokenizer {
             .map(|p| Regex::new(p).map_err(|e| InferenceError::Internal(format!("regex: {e}"))))
             .collect::<Result<_, _>>()?;
         let byte_enc = byte_to_unicode();
-        let byte_dec = byte_enc.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let byte_dec = byte_enc
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
 
         let eos = opt_u32(ct, "tokenizer.ggml.eos_token_id");
         let eot = opt_u32(ct, "tokenizer.ggml.eot_token_id");
         let mut eog: Vec<u32> = eos.into_iter().chain(eot).collect();
         // Like llama.cpp, control tokens that end a turn in known templates end generation.
-        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"] {
+        for name in [
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "<|end_of_text|>",
+            "<end_of_turn>",
+        ] {
             if let Some(&id) = vocab.get(name) {
                 if special.get(id as usize).copied().unwrap_or(false) && !eog.contains(&id) {
                     eog.push(id);
@@ -175,7 +190,10 @@ impl Tokenizer {
             }
         }
         if eog.is_empty() {
-            return Err(bad("tokenizer.ggml.eos_token_id", "no end-of-generation token"));
+            return Err(bad(
+                "tokenizer.ggml.eos_token_id",
+                "no end-of-generation token",
+            ));
         }
         let n = tokens.len();
         if eog.iter().any(|&id| id as usize >= n) {
@@ -287,8 +305,16 @@ impl Tokenizer {
 
     fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
         for piece in self.pre_tokenize(text) {
-            let mut symbols: Vec<String> =
-                piece.bytes().map(|b| self.byte_enc.get(usize::from(b)).copied().unwrap_or('\u{fffd}').to_string()).collect();
+            let mut symbols: Vec<String> = piece
+                .bytes()
+                .map(|b| {
+                    self.byte_enc
+                        .get(usize::from(b))
+                        .copied()
+                        .unwrap_or('\u{fffd}')
+                        .to_string()
+                })
+                .collect();
             // Merge the lowest-ranked adjacent pair until none is in the merge table.
             loop {
                 let mut best: Option<(u32, usize)> = None;
@@ -319,7 +345,9 @@ impl Tokenizer {
 
     /// The bytes a token stands for. Special tokens give their literal text.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let Some(t) = self.tokens.get(id as usize) else { return Vec::new() };
+        let Some(t) = self.tokens.get(id as usize) else {
+            return Vec::new();
+        };
         if self.special.get(id as usize).copied().unwrap_or(false) {
             return t.as_bytes().to_vec();
         }
@@ -359,7 +387,11 @@ impl StreamDecoder {
             Err(e) => {
                 let valid = e.valid_up_to();
                 // An invalid sequence (not merely unfinished) is replaced, not held forever.
-                let cut = if e.error_len().is_some() { self.pending.len() } else { valid };
+                let cut = if e.error_len().is_some() {
+                    self.pending.len()
+                } else {
+                    valid
+                };
                 let head: Vec<u8> = self.pending.drain(..cut).collect();
                 String::from_utf8_lossy(&head).into_owned()
             }
@@ -404,6 +436,9 @@ mod tests {
     #[test]
     fn unknown_pre_tokenizer_is_refused() {
         assert!(pre_tokenizer_patterns("mystery").is_err());
-        assert_eq!(pre_tokenizer_patterns("smollm").map(|p| p.len()).ok(), Some(2));
+        assert_eq!(
+            pre_tokenizer_patterns("smollm").map(|p| p.len()).ok(),
+            Some(2)
+        );
     }
 }

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use chrysalis_inference::{load_default, LoadOptions, Message, Model, Precision, SamplingParams, Sequence};
+use chrysalis_inference::{
+    load_default, LoadOptions, Message, Model, Precision, SamplingParams, Sequence,
+};
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -46,15 +48,23 @@ struct Step {
 const TIE_MARGIN: f32 = 0.05;
 
 fn reference() -> Reference {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/llama-cpp-reference.json"))
-        .expect("reference fixture");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/llama-cpp-reference.json"
+    ))
+    .expect("reference fixture");
     serde_json::from_str(&text).expect("reference JSON")
 }
 
 fn model(precision: Precision) -> Option<Arc<Model>> {
-    match load_default(&LoadOptions { precision, ..Default::default() }) {
+    match load_default(&LoadOptions {
+        precision,
+        ..Default::default()
+    }) {
         Ok(m) => Some(Arc::new(m)),
-        Err(e) if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() => panic!("default model: {e}"),
+        Err(e) if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() => {
+            panic!("default model: {e}")
+        }
         Err(e) => {
             eprintln!("skipping: {e}");
             None
@@ -78,7 +88,9 @@ fn chat(prompt: &str) -> Vec<Message> {
 
 #[test]
 fn tokenizer_matches_llama_cpp() {
-    let Some(m) = model(Precision::Native) else { return };
+    let Some(m) = model(Precision::Native) else {
+        return;
+    };
     let r = reference();
     assert_eq!(hex::encode(m.identity.sha256), r.model_sha256);
     assert_eq!(m.tokenizer.pre_tokenizer(), "smollm");
@@ -92,14 +104,25 @@ fn tokenizer_matches_llama_cpp() {
 
 #[test]
 fn chat_template_and_prompt_tokens_match() {
-    let Some(m) = model(Precision::Native) else { return };
+    let Some(m) = model(Precision::Native) else {
+        return;
+    };
     for g in &reference().generations {
         let seq = Sequence::new(
             Arc::clone(&m),
-            &chrysalis_inference::GenerateRequest { model: String::new(), messages: chat(&g.prompt), params: SamplingParams::greedy(1) },
+            &chrysalis_inference::GenerateRequest {
+                model: String::new(),
+                messages: chat(&g.prompt),
+                params: SamplingParams::greedy(1),
+            },
         )
         .expect("sequence");
-        assert_eq!(seq.prompt_tokens(), g.prompt_ids.as_slice(), "prompt {:?}", g.prompt);
+        assert_eq!(
+            seq.prompt_tokens(),
+            g.prompt_ids.as_slice(),
+            "prompt {:?}",
+            g.prompt
+        );
     }
 }
 
@@ -113,16 +136,33 @@ fn check_generation(precision: Precision) {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let mut s = m.session().expect("session");
-        let logits: Vec<f32> = s.feed(&g.prompt_ids).expect("prefill").to_vec1().expect("logits");
+        let logits: Vec<f32> = s
+            .feed(&g.prompt_ids)
+            .expect("prefill")
+            .to_vec1()
+            .expect("logits");
         let cos = cosine(&logits, &want_logits);
-        assert!(cos > 0.999, "{precision:?}: prefill logits cosine {cos} for {:?}", g.prompt);
+        assert!(
+            cos > 0.999,
+            "{precision:?}: prefill logits cosine {cos} for {:?}",
+            g.prompt
+        );
 
-        let mut seq = Sequence::from_tokens(Arc::clone(&m), g.prompt_ids.clone(), SamplingParams::greedy(32)).expect("seq");
+        let mut seq = Sequence::from_tokens(
+            Arc::clone(&m),
+            g.prompt_ids.clone(),
+            SamplingParams::greedy(32),
+        )
+        .expect("seq");
         while !seq.is_done() {
             seq.step().expect("step");
         }
         let ours = seq.generated();
-        assert!(ours.len() >= g.greedy_ids.len(), "{precision:?}: generated {} tokens", ours.len());
+        assert!(
+            ours.len() >= g.greedy_ids.len(),
+            "{precision:?}: generated {} tokens",
+            ours.len()
+        );
         for (i, (want, step)) in g.greedy_ids.iter().zip(&g.greedy_steps).enumerate() {
             let got = ours.get(i).copied();
             if got == Some(*want) {
@@ -135,7 +175,10 @@ fn check_generation(precision: Precision) {
                 step.margin,
                 step.runner_up
             );
-            eprintln!("{precision:?}: {:?} diverges at token {i} on a tie (margin {})", g.prompt, step.margin);
+            eprintln!(
+                "{precision:?}: {:?} diverges at token {i} on a tie (margin {})",
+                g.prompt, step.margin
+            );
             break;
         }
     }
@@ -148,37 +191,81 @@ fn native_weights_match_llama_cpp() {
 
 #[test]
 fn greedy_is_deterministic_and_seeded_sampling_reproducible() {
-    let Some(m) = model(Precision::Auto) else { return };
+    let Some(m) = model(Precision::Auto) else {
+        return;
+    };
     let run = |params: SamplingParams| {
-        let mut seq = Sequence::from_tokens(Arc::clone(&m), vec![1, 4093, 198, 19556, 2, 198, 1, 520, 9531, 198], params).expect("seq");
+        let mut seq = Sequence::from_tokens(
+            Arc::clone(&m),
+            vec![1, 4093, 198, 19556, 2, 198, 1, 520, 9531, 198],
+            params,
+        )
+        .expect("seq");
         while !seq.is_done() {
             seq.step().expect("step");
         }
         seq.generated().to_vec()
     };
-    assert_eq!(run(SamplingParams::greedy(12)), run(SamplingParams::greedy(12)));
-    let sampled = SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 40, seed: 42, max_tokens: 12, stop: vec![] };
+    assert_eq!(
+        run(SamplingParams::greedy(12)),
+        run(SamplingParams::greedy(12))
+    );
+    let sampled = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        top_k: 40,
+        seed: 42,
+        max_tokens: 12,
+        stop: vec![],
+    };
     assert_eq!(run(sampled.clone()), run(sampled));
 }
 
 #[test]
 fn clear_errors_for_bad_requests() {
-    let Some(m) = model(Precision::Auto) else { return };
+    let Some(m) = model(Precision::Auto) else {
+        return;
+    };
     let engine = chrysalis_inference::Engine::single(
         Arc::try_unwrap(m).unwrap_or_else(|_| panic!("single owner")),
     );
-    let req = |model: &str, params: SamplingParams, text: String| chrysalis_inference::GenerateRequest {
-        model: model.into(),
-        messages: chat(&text),
-        params,
+    let req =
+        |model: &str, params: SamplingParams, text: String| chrysalis_inference::GenerateRequest {
+            model: model.into(),
+            messages: chat(&text),
+            params,
+        };
+    let e = engine
+        .generate_blocking(&req("nope", SamplingParams::greedy(1), "x".into()), |_| {})
+        .expect_err("unknown");
+    assert!(
+        matches!(e, chrysalis_inference::InferenceError::UnknownModel(_)),
+        "{e}"
+    );
+    let bad = SamplingParams {
+        temperature: -1.0,
+        ..SamplingParams::greedy(1)
     };
-    let e = engine.generate_blocking(&req("nope", SamplingParams::greedy(1), "x".into()), |_| {}).expect_err("unknown");
-    assert!(matches!(e, chrysalis_inference::InferenceError::UnknownModel(_)), "{e}");
-    let bad = SamplingParams { temperature: -1.0, ..SamplingParams::greedy(1) };
-    let e = engine.generate_blocking(&req("", bad, "x".into()), |_| {}).expect_err("bad params");
-    assert!(matches!(e, chrysalis_inference::InferenceError::BadRequest(_)), "{e}");
+    let e = engine
+        .generate_blocking(&req("", bad, "x".into()), |_| {})
+        .expect_err("bad params");
+    assert!(
+        matches!(e, chrysalis_inference::InferenceError::BadRequest(_)),
+        "{e}"
+    );
     let long = "word ".repeat(9000);
-    let e = engine.generate_blocking(&req("", SamplingParams::greedy(1), long), |_| {}).expect_err("too long");
-    assert!(matches!(e, chrysalis_inference::InferenceError::ContextTooLong { .. }), "{e}");
-    assert!(!e.to_string().contains("word"), "errors never quote the prompt");
+    let e = engine
+        .generate_blocking(&req("", SamplingParams::greedy(1), long), |_| {})
+        .expect_err("too long");
+    assert!(
+        matches!(
+            e,
+            chrysalis_inference::InferenceError::ContextTooLong { .. }
+        ),
+        "{e}"
+    );
+    assert!(
+        !e.to_string().contains("word"),
+        "errors never quote the prompt"
+    );
 }

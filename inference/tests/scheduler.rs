@@ -3,12 +3,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrysalis_inference::{load_default, Engine, Event, GenerateRequest, InferenceError, Message, SamplingParams, Scheduler, SchedulerConfig};
+use chrysalis_inference::{
+    load_default, Engine, Event, GenerateRequest, InferenceError, Message, SamplingParams,
+    Scheduler, SchedulerConfig,
+};
 
 fn engine() -> Option<Arc<Engine>> {
     match load_default(&Default::default()) {
         Ok(m) => Some(Arc::new(Engine::single(m))),
-        Err(e) if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() => panic!("default model: {e}"),
+        Err(e) if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() => {
+            panic!("default model: {e}")
+        }
         Err(e) => {
             eprintln!("skipping: {e}");
             None
@@ -20,14 +25,25 @@ fn req(max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         model: String::new(),
         messages: vec![Message::new("user", "Tell me a long story about the sea.")],
-        params: SamplingParams { temperature: 0.8, seed: 1, max_tokens, ..SamplingParams::default() },
+        params: SamplingParams {
+            temperature: 0.8,
+            seed: 1,
+            max_tokens,
+            ..SamplingParams::default()
+        },
     }
 }
 
 #[test]
 fn a_full_queue_is_busy_at_once_and_streams_are_interleaved() {
     let Some(engine) = engine() else { return };
-    let sched = Scheduler::start(engine, SchedulerConfig { max_active: 2, max_queued: 1 });
+    let sched = Scheduler::start(
+        engine,
+        SchedulerConfig {
+            max_active: 2,
+            max_queued: 1,
+        },
+    );
     // Wait until the loop has taken each request, so the one-slot queue is empty again.
     let settle = |s: &Scheduler| {
         let start = Instant::now();
@@ -43,7 +59,10 @@ fn a_full_queue_is_busy_at_once_and_streams_are_interleaved() {
     let t = Instant::now();
     let err = sched.submit(&req(4)).expect_err("queue full");
     assert!(matches!(err, InferenceError::Busy(1)), "{err}");
-    assert!(t.elapsed() < Duration::from_millis(100), "busy is immediate, not a hang");
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "busy is immediate, not a hang"
+    );
 
     // Fairness: both active streams have produced tokens before either finished.
     let first_a = a.blocking_recv().expect("event").expect("ok");
@@ -66,7 +85,13 @@ fn a_full_queue_is_busy_at_once_and_streams_are_interleaved() {
 #[test]
 fn a_client_that_goes_away_is_cancelled() {
     let Some(engine) = engine() else { return };
-    let sched = Scheduler::start(engine, SchedulerConfig { max_active: 1, max_queued: 4 });
+    let sched = Scheduler::start(
+        engine,
+        SchedulerConfig {
+            max_active: 1,
+            max_queued: 4,
+        },
+    );
     let long = sched.submit(&req(400)).expect("long");
     drop(long);
     // The slot frees: a short request completes well before 400 tokens could have been made.
@@ -81,7 +106,10 @@ fn a_client_that_goes_away_is_cancelled() {
         }
     }
     assert!(done);
-    assert!(t.elapsed() < Duration::from_secs(20), "the cancelled sequence did not keep the slot");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "the cancelled sequence did not keep the slot"
+    );
 }
 
 #[test]
@@ -90,11 +118,20 @@ fn bad_requests_fail_at_submit() {
     let sched = Scheduler::start(engine, SchedulerConfig::default());
     let mut r = req(4);
     r.model = "missing".into();
-    assert!(matches!(sched.submit(&r), Err(InferenceError::UnknownModel(_))));
+    assert!(matches!(
+        sched.submit(&r),
+        Err(InferenceError::UnknownModel(_))
+    ));
     let mut r = req(4);
     r.params.top_p = 2.0;
-    assert!(matches!(sched.submit(&r), Err(InferenceError::BadRequest(_))));
+    assert!(matches!(
+        sched.submit(&r),
+        Err(InferenceError::BadRequest(_))
+    ));
     let mut r = req(4);
     r.messages.clear();
-    assert!(matches!(sched.submit(&r), Err(InferenceError::BadRequest(_))));
+    assert!(matches!(
+        sched.submit(&r),
+        Err(InferenceError::BadRequest(_))
+    ));
 }

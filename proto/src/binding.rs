@@ -71,7 +71,10 @@ pub fn check_nonce(nonce: &[u8]) -> Result<(), String> {
     if nonce.is_empty() || (MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len()) {
         Ok(())
     } else {
-        Err(format!("nonce must be empty or {MIN_NONCE_LEN} to {MAX_NONCE_LEN} bytes, got {}", nonce.len()))
+        Err(format!(
+            "nonce must be empty or {MIN_NONCE_LEN} to {MAX_NONCE_LEN} bytes, got {}",
+            nonce.len()
+        ))
     }
 }
 
@@ -79,18 +82,34 @@ pub fn check_nonce(nonce: &[u8]) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn inputs<'a>(pk: &'a [u8], nonce: &'a [u8], spki: &'a [u8; 32], gpu: &'a [u8; 32]) -> BindingInputs<'a> {
-        BindingInputs { hpke_public_key: pk, tls_spki_sha256: spki, gpu_digest: gpu, nonce }
+    fn inputs<'a>(
+        pk: &'a [u8],
+        nonce: &'a [u8],
+        spki: &'a [u8; 32],
+        gpu: &'a [u8; 32],
+    ) -> BindingInputs<'a> {
+        BindingInputs {
+            hpke_public_key: pk,
+            tls_spki_sha256: spki,
+            gpu_digest: gpu,
+            nonce,
+        }
     }
 
     #[test]
     fn every_input_changes_the_binding() {
         let (pk, spki, gpu, nonce) = ([7u8; 32], [1u8; 32], [2u8; 32], [3u8; 16]);
         let base = report_data_v1(&inputs(&pk, &nonce, &spki, &gpu));
-        assert_ne!(base, report_data_v1(&inputs(&[8u8; 32], &nonce, &spki, &gpu)));
+        assert_ne!(
+            base,
+            report_data_v1(&inputs(&[8u8; 32], &nonce, &spki, &gpu))
+        );
         assert_ne!(base, report_data_v1(&inputs(&pk, &[4u8; 16], &spki, &gpu)));
         assert_ne!(base, report_data_v1(&inputs(&pk, &nonce, &[9u8; 32], &gpu)));
-        assert_ne!(base, report_data_v1(&inputs(&pk, &nonce, &spki, &[9u8; 32])));
+        assert_ne!(
+            base,
+            report_data_v1(&inputs(&pk, &nonce, &spki, &[9u8; 32]))
+        );
         assert_ne!(base, report_data_v1(&inputs(&pk, &[], &spki, &gpu)));
         assert_eq!(base, report_data_v1(&inputs(&pk, &nonce, &spki, &gpu)));
     }
@@ -115,11 +134,21 @@ mod tests {
     fn gpu_digest_distinguishes_none_from_attested() {
         let none = gpu_digest(GpuStatus::None, &[]);
         assert_ne!(none, gpu_digest(GpuStatus::Attested, &[]));
-        let g = GpuEvidence { name: "H100".into(), cc_mode: true, ..Default::default() };
-        assert_ne!(gpu_digest(GpuStatus::Attested, std::slice::from_ref(&g)), gpu_digest(GpuStatus::Attested, &[]));
+        let g = GpuEvidence {
+            name: "H100".into(),
+            cc_mode: true,
+            ..Default::default()
+        };
+        assert_ne!(
+            gpu_digest(GpuStatus::Attested, std::slice::from_ref(&g)),
+            gpu_digest(GpuStatus::Attested, &[])
+        );
         let mut g2 = g.clone();
         g2.cc_mode = false;
-        assert_ne!(gpu_digest(GpuStatus::Attested, &[g]), gpu_digest(GpuStatus::Attested, &[g2]));
+        assert_ne!(
+            gpu_digest(GpuStatus::Attested, &[g]),
+            gpu_digest(GpuStatus::Attested, &[g2])
+        );
     }
 
     #[test]

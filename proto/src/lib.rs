@@ -7,7 +7,12 @@
 #![forbid(unsafe_code)]
 
 /// Version 1 of the protocol (generated).
-#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod v1 {
     tonic::include_proto!("chrysalis.v1");
 }
@@ -37,7 +42,10 @@ mod tests {
 
     #[test]
     fn unknown_platform_values_survive() {
-        let b = EvidenceBundle { platform: 42, ..Default::default() };
+        let b = EvidenceBundle {
+            platform: 42,
+            ..Default::default()
+        };
         let d = EvidenceBundle::decode(b.encode_to_vec().as_slice()).expect("decodes");
         assert_eq!(d.platform, 42);
         assert!(Platform::try_from(d.platform).is_err());

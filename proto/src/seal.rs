@@ -102,7 +102,11 @@ impl HpkeKeyPair {
         let (private, public) = X25519HkdfSha256::gen_keypair(rng);
         let mut public_bytes = [0u8; 32];
         public_bytes.copy_from_slice(&public.to_bytes());
-        Self { private, public, public_bytes }
+        Self {
+            private,
+            public,
+            public_bytes,
+        }
     }
 
     /// The public key (32 bytes).
@@ -111,7 +115,10 @@ impl HpkeKeyPair {
     }
 
     /// Open a sealed request: its plaintext body and the context to seal the answer with.
-    pub fn open_request(&self, req: &SealedRequest) -> Result<(Zeroizing<Vec<u8>>, ResponseSealer), SealError> {
+    pub fn open_request(
+        &self,
+        req: &SealedRequest,
+    ) -> Result<(Zeroizing<Vec<u8>>, ResponseSealer), SealError> {
         check_suite(req.kem_id, req.kdf_id, req.aead_id)?;
         if req.recipient_public_key.as_slice() != self.public_bytes.as_slice() {
             return Err(SealError::WrongRecipient);
@@ -129,7 +136,14 @@ impl HpkeKeyPair {
             .open(&req.ciphertext, &request_aad(req))
             .map_err(|_| SealError::Authentication("the sealed request"))?;
         let keys = ChunkKeys::export(|label, out| ctx.export(label, out))?;
-        Ok((Zeroizing::new(body), ResponseSealer { keys, next: 0, finished: false }))
+        Ok((
+            Zeroizing::new(body),
+            ResponseSealer {
+                keys,
+                next: 0,
+                finished: false,
+            },
+        ))
     }
 
     /// The public key as the HPKE library holds it.
@@ -168,7 +182,8 @@ impl ChunkKeys {
         let mut key = Zeroizing::new([0u8; 32]);
         let mut nonce_base = Zeroizing::new([0u8; 12]);
         export(EXPORT_KEY, key.as_mut_slice()).map_err(|e| SealError::Hpke(e.to_string()))?;
-        export(EXPORT_NONCE, nonce_base.as_mut_slice()).map_err(|e| SealError::Hpke(e.to_string()))?;
+        export(EXPORT_NONCE, nonce_base.as_mut_slice())
+            .map_err(|e| SealError::Hpke(e.to_string()))?;
         Ok(Self { key, nonce_base })
     }
 
@@ -201,7 +216,10 @@ pub struct ResponseSealer {
 
 impl std::fmt::Debug for ResponseSealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseSealer").field("next", &self.next).field("keys", &"<redacted>").finish()
+        f.debug_struct("ResponseSealer")
+            .field("next", &self.next)
+            .field("keys", &"<redacted>")
+            .finish()
     }
 }
 
@@ -217,11 +235,21 @@ impl ResponseSealer {
         let ciphertext = self
             .keys
             .cipher()
-              .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| SealError::Hpke("chunk encryption failed".into()))?;
         self.next += 1;
         self.finished = last;
-        Ok(SealedChunk { seq, last, ciphertext })
+        Ok(SealedChunk {
+            seq,
+            last,
+            ciphertext,
+        })
     }
 }
 
@@ -234,12 +262,18 @@ pub struct RequestSealer {
 
 impl std::fmt::Debug for RequestSealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestSealer").field("next", &self.next).field("keys", &"<redacted>").finish()
+        f.debug_struct("RequestSealer")
+            .field("next", &self.next)
+            .field("keys", &"<redacted>")
+            .finish()
     }
 }
 
 /// Seal `body` to `recipient` (the attested HPKE public key).
-pub fn seal_request(recipient: &[u8], body: &[u8]) -> Result<(SealedRequest, RequestSealer), SealError> {
+pub fn seal_request(
+    recipient: &[u8],
+    body: &[u8],
+) -> Result<(SealedRequest, RequestSealer), SealError> {
     seal_request_with(recipient, body, &mut rand_core::OsRng.unwrap_err())
 }
 
@@ -251,9 +285,13 @@ pub fn seal_request_with<R: RngCore + CryptoRng>(
 ) -> Result<(SealedRequest, RequestSealer), SealError> {
     let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(recipient)
         .map_err(|_| SealError::Malformed("recipient public key"))?;
-    let (enc, mut ctx) =
-        hpke::setup_sender::<HpkeChaCha, HkdfSha256, X25519HkdfSha256, _>(&OpModeS::Base, &pk, INFO, rng)
-            .map_err(|e| SealError::Hpke(e.to_string()))?;
+    let (enc, mut ctx) = hpke::setup_sender::<HpkeChaCha, HkdfSha256, X25519HkdfSha256, _>(
+        &OpModeS::Base,
+        &pk,
+        INFO,
+        rng,
+    )
+    .map_err(|e| SealError::Hpke(e.to_string()))?;
     let mut req = SealedRequest {
         kem_id: KEM_ID,
         kdf_id: KDF_ID,
@@ -262,9 +300,18 @@ pub fn seal_request_with<R: RngCore + CryptoRng>(
         enc: enc.to_bytes().to_vec(),
         ciphertext: Vec::new(),
     };
-    req.ciphertext = ctx.seal(body, &request_aad(&req)).map_err(|e| SealError::Hpke(e.to_string()))?;
+    req.ciphertext = ctx
+        .seal(body, &request_aad(&req))
+        .map_err(|e| SealError::Hpke(e.to_string()))?;
     let keys = ChunkKeys::export(|label, out| ctx.export(label, out))?;
-    Ok((req, RequestSealer { keys, next: 0, finished: false }))
+    Ok((
+        req,
+        RequestSealer {
+            keys,
+            next: 0,
+            finished: false,
+        },
+    ))
 }
 
 impl RequestSealer {
@@ -274,14 +321,23 @@ impl RequestSealer {
             return Err(SealError::AfterLast);
         }
         if chunk.seq != self.next {
-            return Err(SealError::OutOfOrder { expected: self.next, got: chunk.seq });
+            return Err(SealError::OutOfOrder {
+                expected: self.next,
+                got: chunk.seq,
+            });
         }
         let nonce = self.keys.nonce(chunk.seq);
         let aad = ChunkKeys::aad(chunk.seq, chunk.last);
         let plain = self
             .keys
             .cipher()
-            .decrypt(&Nonce::from(nonce), Payload { msg: &chunk.ciphertext, aad: &aad })
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &chunk.ciphertext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| SealError::Authentication("an answer chunk"))?;
         self.next += 1;
         self.finished = chunk.last;
@@ -311,7 +367,8 @@ mod tests {
 
     fn pair() -> (HpkeKeyPair, SealedRequest, RequestSealer) {
         let kp = HpkeKeyPair::generate();
-        let (req, client) = seal_request(kp.public_key(), b"{\"prompt\":\"canary\"}").expect("seal");
+        let (req, client) =
+            seal_request(kp.public_key(), b"{\"prompt\":\"canary\"}").expect("seal");
         (kp, req, client)
     }
 
@@ -325,7 +382,10 @@ mod tests {
         let c1 = server.seal(b" world", true).expect("seal");
         assert!(server.seal(b"more", false).is_err());
         assert_eq!(client.open(&c0).expect("open").0.as_slice(), b"hello");
-        assert!(client.finish().is_err(), "not finished before the last chunk");
+        assert!(
+            client.finish().is_err(),
+            "not finished before the last chunk"
+        );
         let (p, last) = client.open(&c1).expect("open");
         assert!(last && p.as_slice() == b" world");
         assert!(client.finish().is_ok());
@@ -336,8 +396,13 @@ mod tests {
     fn tamper_replay_reorder_drop_and_wrong_key_are_detected() {
         let (kp, req, _) = pair();
         let (_, mut server) = kp.open_request(&req).expect("open");
-        let chunks: Vec<SealedChunk> =
-            (0..3).map(|i| server.seal(format!("c{i}").as_bytes(), i == 2).expect("seal")).collect();
+        let chunks: Vec<SealedChunk> = (0..3)
+            .map(|i| {
+                server
+                    .seal(format!("c{i}").as_bytes(), i == 2)
+                    .expect("seal")
+            })
+            .collect();
 
         // Tampered ciphertext.
         let (kp2, req2, mut client2) = pair();
@@ -346,14 +411,20 @@ mod tests {
         if let Some(b) = c.ciphertext.first_mut() {
             *b ^= 1;
         }
-        assert_eq!(client2.open(&c), Err(SealError::Authentication("an answer chunk")));
+        assert_eq!(
+            client2.open(&c),
+            Err(SealError::Authentication("an answer chunk"))
+        );
 
         // Flipping the last flag breaks authentication too.
         let (kp3, req3, mut client3) = pair();
         let (_, mut server3) = kp3.open_request(&req3).expect("open");
         let mut c = server3.seal(b"x", false).expect("seal");
         c.last = true;
-        assert!(matches!(client3.open(&c), Err(SealError::Authentication(_))));
+        assert!(matches!(
+            client3.open(&c),
+            Err(SealError::Authentication(_))
+        ));
 
         // Replay and drop.
         let (kp4, req4, mut client4) = pair();
@@ -362,26 +433,54 @@ mod tests {
         let c1 = server4.seal(b"b", false).expect("seal");
         let c2 = server4.seal(b"c", true).expect("seal");
         client4.open(&c0).expect("first");
-        assert_eq!(client4.open(&c0), Err(SealError::OutOfOrder { expected: 1, got: 0 }));
-        assert_eq!(client4.open(&c2), Err(SealError::OutOfOrder { expected: 1, got: 2 }));
+        assert_eq!(
+            client4.open(&c0),
+            Err(SealError::OutOfOrder {
+                expected: 1,
+                got: 0
+            })
+        );
+        assert_eq!(
+            client4.open(&c2),
+            Err(SealError::OutOfOrder {
+                expected: 1,
+                got: 2
+            })
+        );
         client4.open(&c1).expect("second");
-        assert_eq!(client4.finish(), Err(SealError::Truncated), "last chunk dropped");
+        assert_eq!(
+            client4.finish(),
+            Err(SealError::Truncated),
+            "last chunk dropped"
+        );
 
         // Chunks of one conversation do not open in another.
         let (_, _, mut other) = pair();
-        assert!(matches!(other.open(chunks.first().expect("chunk")), Err(SealError::Authentication(_))));
+        assert!(matches!(
+            other.open(chunks.first().expect("chunk")),
+            Err(SealError::Authentication(_))
+        ));
 
         // A request sealed to another key is refused, and a forged recipient field fails AEAD.
         let (_, req5, _) = pair();
-        assert_eq!(kp.open_request(&req5).err(), Some(SealError::WrongRecipient));
+        assert_eq!(
+            kp.open_request(&req5).err(),
+            Some(SealError::WrongRecipient)
+        );
         let mut forged = req5.clone();
         forged.recipient_public_key = kp.public_key().to_vec();
-        assert!(matches!(kp.open_request(&forged), Err(SealError::Authentication(_))));
+        assert!(matches!(
+            kp.open_request(&forged),
+            Err(SealError::Authentication(_))
+        ));
 
         // Unknown suites are refused.
         let mut odd = req.clone();
         odd.aead_id = 1;
-        assert!(matches!(kp.open_request(&odd), Err(SealError::UnsupportedSuite { .. })));
+        assert!(matches!(
+            kp.open_request(&odd),
+            Err(SealError::UnsupportedSuite { .. })
+        ));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use chrysalis_inference::{load_default, Engine, LoadOptions, Scheduler, Schedule
 
 /// Everything the process logged (all targets, debug and above), for leak checks.
 pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&log_buffer().lock().map(|b| b.clone()).unwrap_or_default()).into_owned()
+    String::from_utf8_lossy(&log_buffer().lock().map(|b| b.clone()).unwrap_or_default())
+        .into_owned()
 }
 
 fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
@@ -41,7 +42,9 @@ pub fn capture_logs() {
     ONCE.get_or_init(|| {
         let buf = Arc::clone(log_buffer());
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug,candle=info,h2=info,hyper=info,tower=info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "debug,candle=info,h2=info,hyper=info,tower=info",
+            ))
             .with_writer(move || BufWriter(Arc::clone(&buf)))
             .try_init();
     });
@@ -67,7 +70,9 @@ pub fn start_enclave(max_active: usize, max_queued: usize) -> Option<TestEnclave
     capture_logs();
     let model = match load_default(&LoadOptions::default()) {
         Ok(m) => m,
-        Err(e) if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() => panic!("default model: {e}"),
+        Err(e) if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() => {
+            panic!("default model: {e}")
+        }
         Err(e) => {
             eprintln!("skipping: {e}");
             return None;
@@ -83,18 +88,46 @@ pub fn start_enclave(max_active: usize, max_queued: usize) -> Option<TestEnclave
         max_queued,
         binding_version: chrysalis_proto::binding::BINDING_VERSION,
     };
-    let identity = Arc::new(Identity::new(Box::new(SimulatedDevice::new()), Box::new(NoGpu), &config, 50.0).expect("identity"));
-    let scheduler = Arc::new(Scheduler::start(Arc::new(engine), SchedulerConfig { max_active, max_queued }));
+    let identity = Arc::new(
+        Identity::new(
+            Box::new(SimulatedDevice::new()),
+            Box::new(NoGpu),
+            &config,
+            50.0,
+        )
+        .expect("identity"),
+    );
+    let scheduler = Arc::new(Scheduler::start(
+        Arc::new(engine),
+        SchedulerConfig {
+            max_active,
+            max_queued,
+        },
+    ));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let _ = tx.send(listener.local_addr().expect("addr"));
-            let _ = chrysalis_enclave::server::serve(listener, identity, scheduler, std::future::pending()).await;
+            let _ = chrysalis_enclave::server::serve(
+                listener,
+                identity,
+                scheduler,
+                std::future::pending(),
+            )
+            .await;
         });
     });
-    Some(TestEnclave { addr: rx.recv().expect("enclave started") })
+    Some(TestEnclave {
+        addr: rx.recv().expect("enclave started"),
+    })
 }
 
 /// The enclave shared by the tests of one binary.
@@ -130,15 +163,24 @@ pub fn start_relay(target: SocketAddr) -> Relay {
     let rec = Arc::clone(&recording);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let _ = tx.send(listener.local_addr().expect("addr"));
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 let rec = Arc::clone(&rec);
                 tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     let a = pump(cr, sw, Arc::clone(&rec));
@@ -148,7 +190,10 @@ pub fn start_relay(target: SocketAddr) -> Relay {
             }
         });
     });
-    Relay { addr: rx.recv().expect("relay started"), recording }
+    Relay {
+        addr: rx.recv().expect("relay started"),
+        recording,
+    }
 }
 
 async fn pump(
@@ -180,6 +225,9 @@ async fn pump(
 /// Current time for verification.
 pub fn now() -> chrysalis_attestation::Timestamp {
     chrysalis_attestation::Timestamp(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     )
 }

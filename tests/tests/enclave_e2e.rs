@@ -8,7 +8,10 @@ use chrysalis_proto::HealthRequest;
 use chrysalis_tests::{captured_logs, now, shared_enclave, start_enclave, start_relay};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn sim_policy() -> Policy {
@@ -27,32 +30,58 @@ fn body(prompt: &str, max_tokens: usize) -> serde_json::Value {
 fn attest_seal_and_stream_a_verified_answer() {
     let Some(e) = shared_enclave() else { return };
     rt().block_on(async {
-        let mut conn = remote::connect(&e.url(), &sim_policy(), now()).await.expect("attested");
-        assert_eq!(conn.attestation.platform(), chrysalis_attestation::Platform::Simulated);
-        let models = conn.attestation.config.get("models").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+        let mut conn = remote::connect(&e.url(), &sim_policy(), now())
+            .await
+            .expect("attested");
         assert_eq!(
-            models.first().and_then(|m| m.get("sha256")).and_then(|v| v.as_str()),
+            conn.attestation.platform(),
+            chrysalis_attestation::Platform::Simulated
+        );
+        let models = conn
+            .attestation
+            .config
+            .get("models")
+            .and_then(|m| m.as_array())
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            models
+                .first()
+                .and_then(|m| m.get("sha256"))
+                .and_then(|v| v.as_str()),
             Some(chrysalis_inference::DEFAULT_MODEL_SHA256),
             "the measured configuration names the model file's digest"
         );
-        let fresh = remote::attest_fresh(&mut conn, &sim_policy(), now()).await.expect("fresh evidence");
+        let fresh = remote::attest_fresh(&mut conn, &sim_policy(), now())
+            .await
+            .expect("fresh evidence");
         assert_eq!(fresh.hpke_public_key, conn.attestation.hpke_public_key);
 
         let mut text = String::new();
-        let usage = remote::generate(&mut conn, &body("What is the capital of France?", 12), |p| {
-            if let AnswerPiece::Text(t) = p {
-                text.push_str(t);
-            }
-        })
+        let usage = remote::generate(
+            &mut conn,
+            &body("What is the capital of France?", 12),
+            |p| {
+                if let AnswerPiece::Text(t) = p {
+                    text.push_str(t);
+                }
+            },
+        )
         .await
         .expect("verified answer");
-        assert_eq!(usage.get("completion_tokens").and_then(|v| v.as_u64()), Some(12));
+        assert_eq!(
+            usage.get("completion_tokens").and_then(|v| v.as_u64()),
+            Some(12)
+        );
 
         // The same greedy request run directly on the engine gives the same text.
         let model = chrysalis_inference::load_default(&Default::default()).expect("model");
         let engine = chrysalis_inference::Engine::single(model);
         let direct = engine
-            .generate_blocking(&serde_json::from_value(body("What is the capital of France?", 12)).expect("req"), |_| {})
+            .generate_blocking(
+                &serde_json::from_value(body("What is the capital of France?", 12)).expect("req"),
+                |_| {},
+            )
             .expect("direct");
         assert_eq!(text, direct.text);
         assert!(!text.is_empty());
@@ -65,25 +94,44 @@ fn the_host_cannot_read_prompts_or_answers() {
     let relay = start_relay(e.addr);
     let canary = "CANARY-7f3a9c1e-do-not-leak";
     let answer = rt().block_on(async {
-        let mut conn = remote::connect(&relay.url(), &sim_policy(), now()).await.expect("attested via relay");
+        let mut conn = remote::connect(&relay.url(), &sim_policy(), now())
+            .await
+            .expect("attested via relay");
         let mut text = String::new();
-        remote::generate(&mut conn, &body(&format!("Repeat after me: {canary}"), 24), |p| {
-            if let AnswerPiece::Text(t) = p {
-                text.push_str(t);
-            }
-        })
+        remote::generate(
+            &mut conn,
+            &body(&format!("Repeat after me: {canary}"), 24),
+            |p| {
+                if let AnswerPiece::Text(t) = p {
+                    text.push_str(t);
+                }
+            },
+        )
         .await
         .expect("answer via relay");
         text
     });
     let recorded = relay.recorded();
-    assert!(recorded.len() > 1000, "the relay carried the traffic ({} bytes)", recorded.len());
+    assert!(
+        recorded.len() > 1000,
+        "the relay carried the traffic ({} bytes)",
+        recorded.len()
+    );
     let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-    assert!(!find(&recorded, canary.as_bytes()), "the canary crossed the relay in the clear");
-    assert!(!find(&recorded, b"CANARY"), "part of the canary crossed the relay in the clear");
+    assert!(
+        !find(&recorded, canary.as_bytes()),
+        "the canary crossed the relay in the clear"
+    );
+    assert!(
+        !find(&recorded, b"CANARY"),
+        "part of the canary crossed the relay in the clear"
+    );
     let answer_words: Vec<&str> = answer.split_whitespace().filter(|w| w.len() >= 6).collect();
     for w in &answer_words {
-        assert!(!find(&recorded, w.as_bytes()), "answer text {w:?} crossed the relay in the clear");
+        assert!(
+            !find(&recorded, w.as_bytes()),
+            "answer text {w:?} crossed the relay in the clear"
+        );
     }
     let logs = captured_logs();
     assert!(!logs.is_empty(), "logs were captured");
@@ -95,14 +143,25 @@ fn a_policy_without_simulated_rejects_and_the_enclave_receives_nothing() {
     // A dedicated enclave, so the request counter is ours alone.
     let Some(e) = start_enclave(1, 1) else { return };
     rt().block_on(async {
-        let err = remote::connect(&e.url(), &Policy::baseline(), now()).await.expect_err("rejected");
+        let err = remote::connect(&e.url(), &Policy::baseline(), now())
+            .await
+            .expect_err("rejected");
         match &err {
-            RemoteError::Rejected(reason) => assert!(reason.to_lowercase().contains("simulat"), "{reason}"),
+            RemoteError::Rejected(reason) => {
+                assert!(reason.to_lowercase().contains("simulat"), "{reason}")
+            }
             other => panic!("expected a rejection, got {other}"),
         }
         // Nothing was sent; the enclave saw no Generate call.
-        let mut conn = remote::connect(&e.url(), &sim_policy(), now()).await.expect("attested");
-        let h = conn.client.health(HealthRequest {}).await.expect("health").into_inner();
+        let mut conn = remote::connect(&e.url(), &sim_policy(), now())
+            .await
+            .expect("attested");
+        let h = conn
+            .client
+            .health(HealthRequest {})
+            .await
+            .expect("health")
+            .into_inner();
         assert_eq!(h.generate_requests, 0);
         assert!(h.status.contains("NOT CONFIDENTIAL"));
     });
@@ -117,7 +176,9 @@ fn a_wrong_measurement_is_rejected() {
     ))
     .expect("policy");
     rt().block_on(async {
-        let err = remote::connect(&e.url(), &policy, now()).await.expect_err("rejected");
+        let err = remote::connect(&e.url(), &policy, now())
+            .await
+            .expect_err("rejected");
         assert!(matches!(err, RemoteError::Rejected(_)), "{err}");
     });
 }
@@ -126,11 +187,18 @@ fn a_wrong_measurement_is_rejected() {
 fn tampered_replayed_dropped_and_misdirected_chunks_are_detected() {
     let Some(e) = shared_enclave() else { return };
     rt().block_on(async {
-        let mut conn = remote::connect(&e.url(), &sim_policy(), now()).await.expect("attested");
+        let mut conn = remote::connect(&e.url(), &sim_policy(), now())
+            .await
+            .expect("attested");
         let body = serde_json::to_vec(&body("Count to five.", 6)).expect("json");
         let collect = |mut conn: remote::Attested, body: Vec<u8>, pk: [u8; 32]| async move {
             let (sealed, opener) = seal_request(&pk, &body).expect("seal");
-            let mut stream = conn.client.generate(sealed).await.expect("generate").into_inner();
+            let mut stream = conn
+                .client
+                .generate(sealed)
+                .await
+                .expect("generate")
+                .into_inner();
             let mut chunks = Vec::new();
             while let Some(c) = stream.message().await.expect("chunk") {
                 chunks.push(c);
@@ -154,16 +222,25 @@ fn tampered_replayed_dropped_and_misdirected_chunks_are_detected() {
         if let Some(b) = bad.ciphertext.get_mut(3) {
             *b ^= 0x40;
         }
-        assert!(matches!(opener.open(&bad), Err(SealError::Authentication(_))));
+        assert!(matches!(
+            opener.open(&bad),
+            Err(SealError::Authentication(_))
+        ));
 
         // Replayed and reordered.
         let (chunks, mut opener, c2) = collect(conn, body.clone(), pk).await;
         conn = c2;
         let first = chunks.first().expect("chunk");
         opener.open(first).expect("first");
-        assert!(matches!(opener.open(first), Err(SealError::OutOfOrder { .. })));
+        assert!(matches!(
+            opener.open(first),
+            Err(SealError::OutOfOrder { .. })
+        ));
         if let Some(third) = chunks.get(2) {
-            assert!(matches!(opener.open(third), Err(SealError::OutOfOrder { .. })));
+            assert!(matches!(
+                opener.open(third),
+                Err(SealError::OutOfOrder { .. })
+            ));
         }
 
         // The last chunk dropped: truncation.
@@ -178,12 +255,19 @@ fn tampered_replayed_dropped_and_misdirected_chunks_are_detected() {
         let (chunks, _, c2) = collect(conn, body.clone(), pk).await;
         conn = c2;
         let (_, mut other) = seal_request(&pk, &body).expect("seal");
-        assert!(matches!(other.open(chunks.first().expect("chunk")), Err(SealError::Authentication(_))));
+        assert!(matches!(
+            other.open(chunks.first().expect("chunk")),
+            Err(SealError::Authentication(_))
+        ));
 
         // A request sealed to a wrong key is refused by the enclave.
         let wrong = chrysalis_proto::seal::HpkeKeyPair::generate();
         let (sealed, _) = seal_request(wrong.public_key(), &body).expect("seal");
-        let status = conn.client.generate(sealed).await.expect_err("wrong key refused");
+        let status = conn
+            .client
+            .generate(sealed)
+            .await
+            .expect_err("wrong key refused");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     });
 }
@@ -192,14 +276,20 @@ fn tampered_replayed_dropped_and_misdirected_chunks_are_detected() {
 fn busy_and_bad_requests_are_clear_errors_not_answers() {
     let Some(e) = shared_enclave() else { return };
     rt().block_on(async {
-        let mut conn = remote::connect(&e.url(), &sim_policy(), now()).await.expect("attested");
+        let mut conn = remote::connect(&e.url(), &sim_policy(), now())
+            .await
+            .expect("attested");
         let mut b = body("hi", 4);
         b["model"] = serde_json::json!("no-such-model");
-        let err = remote::generate(&mut conn, &b, |_| {}).await.expect_err("unknown model");
+        let err = remote::generate(&mut conn, &b, |_| {})
+            .await
+            .expect_err("unknown model");
         assert!(err.to_string().contains("unknown model"), "{err}");
         let mut b = body("hi", 4);
         b["params"]["temperature"] = serde_json::json!(-2.0);
-        let err = remote::generate(&mut conn, &b, |_| {}).await.expect_err("bad params");
+        let err = remote::generate(&mut conn, &b, |_| {})
+            .await
+            .expect_err("bad params");
         assert!(err.to_string().contains("temperature"), "{err}");
     });
 }

@@ -28,7 +28,9 @@ pub fn provider(root: &Path) -> Option<String> {
     }
     let probe = root.join(format!("chrysalis-probe-{}", std::process::id()));
     let made = fs::create_dir(&probe).is_ok();
-    let p = fs::read_to_string(probe.join("provider")).ok().map(|s| s.trim().to_owned());
+    let p = fs::read_to_string(probe.join("provider"))
+        .ok()
+        .map(|s| s.trim().to_owned());
     if made {
         let _ = fs::remove_dir(&probe);
     }
@@ -81,31 +83,51 @@ fn read_generation(fs: &dyn TsmFs, dir: &Path) -> Result<u64, TeeError> {
 }
 
 /// Request a report over `report_data` in entry `name` under `root`.
-pub fn request(fs: &dyn TsmFs, root: &Path, name: &str, report_data: &[u8; 64]) -> Result<TsmReport, TeeError> {
+pub fn request(
+    fs: &dyn TsmFs,
+    root: &Path,
+    name: &str,
+    report_data: &[u8; 64],
+) -> Result<TsmReport, TeeError> {
     let dir: PathBuf = root.join(name);
     let created = fs.create_dir(&dir).map_err(|e| TeeError::io(&dir, e))?;
     let result = (|| {
         let before = read_generation(fs, &dir)?;
         let inblob = dir.join("inblob");
-        fs.write(&inblob, report_data).map_err(|e| TeeError::io(&inblob, e))?;
+        fs.write(&inblob, report_data)
+            .map_err(|e| TeeError::io(&inblob, e))?;
         let outblob_path = dir.join("outblob");
-        let outblob = fs.read(&outblob_path).map_err(|e| TeeError::io(&outblob_path, e))?;
+        let outblob = fs
+            .read(&outblob_path)
+            .map_err(|e| TeeError::io(&outblob_path, e))?;
         let after = read_generation(fs, &dir)?;
         if after != before + 1 {
             return Err(TeeError::Protocol {
                 interface: "configfs-tsm",
-                message: format!("generation went from {before} to {after}: another writer raced this request"),
+                message: format!(
+                    "generation went from {before} to {after}: another writer raced this request"
+                ),
             });
         }
         let auxblob = fs.read(&dir.join("auxblob")).unwrap_or_default();
         let provider_path = dir.join("provider");
-        let provider = String::from_utf8_lossy(&fs.read(&provider_path).map_err(|e| TeeError::io(&provider_path, e))?)
-            .trim()
-            .to_owned();
+        let provider = String::from_utf8_lossy(
+            &fs.read(&provider_path)
+                .map_err(|e| TeeError::io(&provider_path, e))?,
+        )
+        .trim()
+        .to_owned();
         if outblob.is_empty() {
-            return Err(TeeError::Protocol { interface: "configfs-tsm", message: "empty outblob".into() });
+            return Err(TeeError::Protocol {
+                interface: "configfs-tsm",
+                message: "empty outblob".into(),
+            });
         }
-        Ok(TsmReport { provider, outblob, auxblob })
+        Ok(TsmReport {
+            provider,
+            outblob,
+            auxblob,
+        })
     })();
     if created {
         fs.remove_dir(&dir);
@@ -131,7 +153,13 @@ pub struct RecordedFs {
 impl RecordedFs {
     /// A recording.
     pub fn new(provider: &str, outblob: Vec<u8>, auxblob: Vec<u8>) -> Self {
-        Self { provider: provider.into(), outblob, auxblob, race: 0, state: std::sync::Mutex::new((0, None)) }
+        Self {
+            provider: provider.into(),
+            outblob,
+            auxblob,
+            race: 0,
+            state: std::sync::Mutex::new((0, None)),
+        }
     }
 
     /// The last `inblob` written.
@@ -160,7 +188,10 @@ impl TsmFs for RecordedFs {
         if path.file_name().and_then(|n| n.to_str()) != Some("inblob") || data.len() != 64 {
             return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
         }
-        let mut s = self.state.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
         s.0 += 1 + self.race;
         s.1 = Some(data.to_vec());
         Ok(())

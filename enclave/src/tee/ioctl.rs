@@ -26,17 +26,29 @@ pub const TDX_CMD_GET_REPORT0: u64 =
     (3u64 << 30) | ((std::mem::size_of::<TdxReportReq>() as u64) << 16) | ((b'T' as u64) << 8) | 1;
 
 /// Ask the TDX module (through the guest driver) for a TDREPORT over `report_data`.
-pub fn tdx_get_report0(device: &Path, report_data: &[u8; 64]) -> Result<[u8; TDREPORT_LEN], TeeError> {
+pub fn tdx_get_report0(
+    device: &Path,
+    report_data: &[u8; 64],
+) -> Result<[u8; TDREPORT_LEN], TeeError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(device)
         .map_err(|e| TeeError::io(device, e))?;
-    let mut req = TdxReportReq { reportdata: *report_data, tdreport: [0; TDREPORT_LEN] };
+    let mut req = TdxReportReq {
+        reportdata: *report_data,
+        tdreport: [0; TDREPORT_LEN],
+    };
     // SAFETY: `req` is a live, properly sized `#[repr(C)]` struct matching the kernel's
     // `struct tdx_report_req`; the kernel reads `reportdata` and writes `tdreport` within it,
     // and the fd stays open for the call.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TDX_CMD_GET_REPORT0 as libc::c_ulong, &mut req as *mut TdxReportReq) };
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            TDX_CMD_GET_REPORT0 as libc::c_ulong,
+            &mut req as *mut TdxReportReq,
+        )
+    };
     if rc < 0 {
         return Err(TeeError::io(device, std::io::Error::last_os_error()));
     }
@@ -55,7 +67,8 @@ mod tests {
 
     #[test]
     fn a_missing_device_is_a_clear_error() {
-        let err = tdx_get_report0(Path::new("/nonexistent/tdx_guest"), &[0; 64]).expect_err("no device");
+        let err =
+            tdx_get_report0(Path::new("/nonexistent/tdx_guest"), &[0; 64]).expect_err("no device");
         assert!(err.to_string().contains("/nonexistent/tdx_guest"));
     }
 }

@@ -66,7 +66,10 @@ pub enum TeeError {
 
 impl TeeError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into().display().to_string(), source }
+        Self::Io {
+            path: path.into().display().to_string(),
+            source,
+        }
     }
 }
 
@@ -158,7 +161,11 @@ mod tests {
     use chrysalis_attestation::Evidence;
 
     fn td(path: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/../attestation/testdata/{path}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+        std::fs::read(format!(
+            "{}/../attestation/testdata/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
     }
 
     fn snp_report() -> Vec<u8> {
@@ -171,24 +178,43 @@ mod tests {
         let paths = GuestPaths::default();
         vec![
             (
-                Box::new(tdx::TdxDevice::with_tsm(&paths, Box::new(RecordedFs::new("tdx_guest", td("dcap-qvl/tdx_quote"), vec![])))),
+                Box::new(tdx::TdxDevice::with_tsm(
+                    &paths,
+                    Box::new(RecordedFs::new(
+                        "tdx_guest",
+                        td("dcap-qvl/tdx_quote"),
+                        vec![],
+                    )),
+                )),
                 chrysalis_attestation::Platform::Tdx,
             ),
             (
-                Box::new(snp::SnpDevice::with_tsm(&paths, Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])))),
+                Box::new(snp::SnpDevice::with_tsm(
+                    &paths,
+                    Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])),
+                )),
                 chrysalis_attestation::Platform::Snp,
             ),
-            (Box::new(simulated::SimulatedDevice::new()), chrysalis_attestation::Platform::Simulated),
+            (
+                Box::new(simulated::SimulatedDevice::new()),
+                chrysalis_attestation::Platform::Simulated,
+            ),
         ]
     }
 
     #[test]
     fn every_backend_produces_evidence_of_its_platform() {
         for (dev, platform) in backends() {
-            let ev = dev.attest(&[0x5a; 64]).unwrap_or_else(|e| panic!("{}: {e}", dev.name()));
-            let parsed = Evidence::from_bytes(&ev.evidence).unwrap_or_else(|e| panic!("{}: {e}", dev.name()));
+            let ev = dev
+                .attest(&[0x5a; 64])
+                .unwrap_or_else(|e| panic!("{}: {e}", dev.name()));
+            let parsed = Evidence::from_bytes(&ev.evidence)
+                .unwrap_or_else(|e| panic!("{}: {e}", dev.name()));
             assert_eq!(parsed.platform(), platform, "{}", dev.name());
-            assert_eq!(dev.is_confidential(), platform != chrysalis_attestation::Platform::Simulated);
+            assert_eq!(
+                dev.is_confidential(),
+                platform != chrysalis_attestation::Platform::Simulated
+            );
         }
     }
 
@@ -196,22 +222,47 @@ mod tests {
     fn simulated_evidence_binds_report_data_and_config_and_verifies_only_when_allowed() {
         use chrysalis_attestation::{Policy, Timestamp, Verifier};
         let dev = simulated::SimulatedDevice::new();
-        assert_eq!(dev.bind_config(b"{\"x\":1}").expect("bind"), ConfigBinding::Simulated);
+        assert_eq!(
+            dev.bind_config(b"{\"x\":1}").expect("bind"),
+            ConfigBinding::Simulated
+        );
         let ev = dev.attest(&[7; 64]).expect("evidence");
         let parsed = Evidence::from_bytes(&ev.evidence).expect("parse");
         let v = Verifier::new()
-            .verify(&parsed, &Default::default(), &Policy::baseline().allow_simulated(), Timestamp(1_800_000_000))
+            .verify(
+                &parsed,
+                &Default::default(),
+                &Policy::baseline().allow_simulated(),
+                Timestamp(1_800_000_000),
+            )
             .expect("verifies with opt-in");
         assert_eq!(v.report_data(), &[7; 64]);
-        assert!(Verifier::new().verify(&parsed, &Default::default(), &Policy::baseline(), Timestamp(1_800_000_000)).is_err());
+        assert!(Verifier::new()
+            .verify(
+                &parsed,
+                &Default::default(),
+                &Policy::baseline(),
+                Timestamp(1_800_000_000)
+            )
+            .is_err());
     }
 
     #[test]
     fn a_provider_of_the_other_vendor_is_refused() {
         let paths = GuestPaths::default();
-        let tdx_on_sev = tdx::TdxDevice::with_tsm(&paths, Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])));
+        let tdx_on_sev = tdx::TdxDevice::with_tsm(
+            &paths,
+            Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])),
+        );
         assert!(tdx_on_sev.attest(&[0; 64]).is_err());
-        let snp_on_tdx = snp::SnpDevice::with_tsm(&paths, Box::new(RecordedFs::new("tdx_guest", td("dcap-qvl/tdx_quote"), vec![])));
+        let snp_on_tdx = snp::SnpDevice::with_tsm(
+            &paths,
+            Box::new(RecordedFs::new(
+                "tdx_guest",
+                td("dcap-qvl/tdx_quote"),
+                vec![],
+            )),
+        );
         assert!(snp_on_tdx.attest(&[0; 64]).is_err());
     }
 
@@ -219,7 +270,10 @@ mod tests {
     fn snp_refuses_a_launch_for_another_configuration() {
         // The recorded report's HOST_DATA is not SHA-256 of this configuration.
         let paths = GuestPaths::default();
-        let dev = snp::SnpDevice::with_tsm(&paths, Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])));
+        let dev = snp::SnpDevice::with_tsm(
+            &paths,
+            Box::new(RecordedFs::new("sev_guest", snp_report(), vec![])),
+        );
         let err = dev.bind_config(b"{\"models\":[]}").expect_err("mismatch");
         assert!(err.to_string().contains("HOST_DATA"), "{err}");
     }

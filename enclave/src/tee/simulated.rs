@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use super::{ConfigBinding, TeeDevice, TeeError, TeeEvidence};
 
 /// The loud line.
-pub const WARNING: &str = "SIMULATED TEE: NOT CONFIDENTIAL. The host can read every prompt. For development only.";
+pub const WARNING: &str =
+    "SIMULATED TEE: NOT CONFIDENTIAL. The host can read every prompt. For development only.";
 
 /// The simulator.
 #[derive(Debug)]
@@ -27,7 +28,10 @@ impl SimulatedDevice {
             .map(|b| Sha384::digest(&b).into())
             .unwrap_or([0; 48]);
         tracing::warn!(target: "chrysalis::tee", "{WARNING}");
-        Self { measurement, config_digest: Mutex::new([0; 48]) }
+        Self {
+            measurement,
+            config_digest: Mutex::new([0; 48]),
+        }
     }
 
     /// The simulated launch measurement.
@@ -51,14 +55,30 @@ impl TeeDevice for SimulatedDevice {
     }
     fn attest(&self, report_data: &[u8; 64]) -> Result<TeeEvidence, TeeError> {
         tracing::warn!(target: "chrysalis::tee", "producing simulated evidence: {WARNING}");
-        let config_digest = *self.config_digest.lock().map_err(|_| TeeError::Unavailable("simulator state poisoned".into()))?;
-        let claims = SimulatedClaims { measurement: self.measurement, config_digest, report_data: *report_data, debug: false };
+        let config_digest = *self
+            .config_digest
+            .lock()
+            .map_err(|_| TeeError::Unavailable("simulator state poisoned".into()))?;
+        let claims = SimulatedClaims {
+            measurement: self.measurement,
+            config_digest,
+            report_data: *report_data,
+            debug: false,
+        };
         let ev = SimulatedEvidence::sign(&claims, &root_signing_key());
-        Ok(TeeEvidence { evidence: ev.raw().to_vec(), cert_chain_pem: Vec::new(), vcek_der: Vec::new(), interface: "simulator" })
+        Ok(TeeEvidence {
+            evidence: ev.raw().to_vec(),
+            cert_chain_pem: Vec::new(),
+            vcek_der: Vec::new(),
+            interface: "simulator",
+        })
     }
     fn bind_config(&self, config_json: &[u8]) -> Result<ConfigBinding, TeeError> {
         let d: [u8; 48] = Sha384::digest(config_json).into();
-        *self.config_digest.lock().map_err(|_| TeeError::Unavailable("simulator state poisoned".into()))? = d;
+        *self
+            .config_digest
+            .lock()
+            .map_err(|_| TeeError::Unavailable("simulator state poisoned".into()))? = d;
         Ok(ConfigBinding::Simulated)
     }
 }

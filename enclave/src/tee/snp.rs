@@ -28,7 +28,14 @@ pub const GUID_ARK: &str = "c0b406a4-a803-4952-9743-3fb6014cd0ae";
 
 fn guid_text(b: &[u8]) -> String {
     let part = |r: std::ops::Range<usize>| b.get(r).map(hex::encode).unwrap_or_default();
-    format!("{}-{}-{}-{}-{}", part(0..4), part(4..6), part(6..8), part(8..10), part(10..16))
+    format!(
+        "{}-{}-{}-{}-{}",
+        part(0..4),
+        part(4..6),
+        part(6..8),
+        part(8..10),
+        part(10..16)
+    )
 }
 
 /// Parse a certificate table: entries of `guid[16] ‖ offset u32le ‖ length u32le` up to an
@@ -36,17 +43,30 @@ fn guid_text(b: &[u8]) -> String {
 /// the host. (The `sev` crate's own parser follows raw pointers without bounds, so we do not
 /// hand it host data.)
 pub fn parse_cert_table(table: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TeeError> {
-    let bad = |m: String| TeeError::Protocol { interface: "snp certificate table", message: m };
+    let bad = |m: String| TeeError::Protocol {
+        interface: "snp certificate table",
+        message: m,
+    };
     let mut out = Vec::new();
     for i in 0.. {
         let at = i * 24;
-        let entry = table.get(at..at + 24).ok_or_else(|| bad("no terminating entry".into()))?;
+        let entry = table
+            .get(at..at + 24)
+            .ok_or_else(|| bad("no terminating entry".into()))?;
         let (guid, rest) = entry.split_at(16);
         if guid.iter().all(|b| *b == 0) {
             return Ok(out);
         }
-        let offset = u32::from_le_bytes(rest.get(0..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])) as usize;
-        let len = u32::from_le_bytes(rest.get(4..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])) as usize;
+        let offset = u32::from_le_bytes(
+            rest.get(0..4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 4]),
+        ) as usize;
+        let len = u32::from_le_bytes(
+            rest.get(4..8)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 4]),
+        ) as usize;
         let data = offset
             .checked_add(len)
             .and_then(|end| table.get(offset..end))
@@ -102,10 +122,16 @@ impl SnpDevice {
     /// Open the SNP guest interfaces.
     pub fn open(paths: &GuestPaths) -> Result<Self, TeeError> {
         if configfs::provider(&paths.tsm_report).as_deref() == Some("sev_guest") {
-            return Ok(Self { paths: paths.clone(), via: Via::Configfs(Box::new(RealFs)) });
+            return Ok(Self {
+                paths: paths.clone(),
+                via: Via::Configfs(Box::new(RealFs)),
+            });
         }
         if paths.sev_guest.exists() {
-            return Ok(Self { paths: paths.clone(), via: Via::SevGuest });
+            return Ok(Self {
+                paths: paths.clone(),
+                via: Via::SevGuest,
+            });
         }
         Err(TeeError::Unavailable(format!(
             "not an SNP guest: no configfs-tsm sev_guest provider under {} and no {}",
@@ -116,7 +142,10 @@ impl SnpDevice {
 
     /// A device over recorded configfs outputs (tests).
     pub fn with_tsm(paths: &GuestPaths, fs: Box<dyn TsmFs + Send + Sync>) -> Self {
-        Self { paths: paths.clone(), via: Via::Configfs(fs) }
+        Self {
+            paths: paths.clone(),
+            via: Via::Configfs(fs),
+        }
     }
 }
 
@@ -130,28 +159,47 @@ impl TeeDevice for SnpDevice {
     fn attest(&self, report_data: &[u8; 64]) -> Result<TeeEvidence, TeeError> {
         let (report, table, interface) = match &self.via {
             Via::Configfs(fs) => {
-                let r = configfs::request(fs.as_ref(), &self.paths.tsm_report, &format!("chrysalis-{}", std::process::id()), report_data)?;
+                let r = configfs::request(
+                    fs.as_ref(),
+                    &self.paths.tsm_report,
+                    &format!("chrysalis-{}", std::process::id()),
+                    report_data,
+                )?;
                 if r.provider != "sev_guest" {
-                    return Err(TeeError::Protocol { interface: "configfs-tsm", message: format!("provider {:?} is not sev_guest", r.provider) });
+                    return Err(TeeError::Protocol {
+                        interface: "configfs-tsm",
+                        message: format!("provider {:?} is not sev_guest", r.provider),
+                    });
                 }
                 (r.outblob, r.auxblob, "configfs-tsm")
             }
             Via::SevGuest => {
                 // The plain report: the extended one would hand the host's certificate table to
                 // the `sev` crate's unchecked parser. Clients fetch the VCEK from AMD's KDS.
-                let mut fw = sev::firmware::guest::Firmware::open().map_err(|e| TeeError::io(&self.paths.sev_guest, e))?;
-                let report = fw.get_report(None, Some(*report_data), None).map_err(|e| TeeError::Protocol {
-                    interface: "sev-guest",
-                    message: e.to_string(),
+                let mut fw = sev::firmware::guest::Firmware::open()
+                    .map_err(|e| TeeError::io(&self.paths.sev_guest, e))?;
+                let report = fw.get_report(None, Some(*report_data), None).map_err(|e| {
+                    TeeError::Protocol {
+                        interface: "sev-guest",
+                        message: e.to_string(),
+                    }
                 })?;
                 (report, Vec::new(), "sev-guest")
             }
         };
         if report.len() != REPORT_LEN {
-            return Err(TeeError::Protocol { interface, message: format!("report is {} bytes, expected {REPORT_LEN}", report.len()) });
+            return Err(TeeError::Protocol {
+                interface,
+                message: format!("report is {} bytes, expected {REPORT_LEN}", report.len()),
+            });
         }
         let (vcek_der, cert_chain_pem) = split_cert_table(&table)?;
-        Ok(TeeEvidence { evidence: report, cert_chain_pem, vcek_der, interface })
+        Ok(TeeEvidence {
+            evidence: report,
+            cert_chain_pem,
+            vcek_der,
+            interface,
+        })
     }
     fn bind_config(&self, config_json: &[u8]) -> Result<ConfigBinding, TeeError> {
         let want: [u8; 32] = Sha256::digest(config_json).into();
@@ -195,13 +243,22 @@ mod tests {
     fn recorded_certificate_table_splits_into_vcek_and_chain() {
         let td = concat!(env!("CARGO_MANIFEST_DIR"), "/../attestation/testdata/sev/");
         let vcek = std::fs::read(format!("{td}vcek_milan.der")).expect("fixture");
-        let t = table(&[(GUID_VCEK, &vcek), (GUID_ASK, &[0x30, 0x03, 0x02, 0x01, 0x01])]);
+        let t = table(&[
+            (GUID_VCEK, &vcek),
+            (GUID_ASK, &[0x30, 0x03, 0x02, 0x01, 0x01]),
+        ]);
         let (got_vcek, chain) = split_cert_table(&t).expect("split");
         assert_eq!(got_vcek, vcek);
         let chain = String::from_utf8(chain).expect("pem");
-        assert!(chain.starts_with("-----BEGIN CERTIFICATE-----\nMAMCAQE=\n"), "{chain}");
+        assert!(
+            chain.starts_with("-----BEGIN CERTIFICATE-----\nMAMCAQE=\n"),
+            "{chain}"
+        );
         // The parsed PEM is what the verifier reads.
-        assert_eq!(split_cert_table(&[]).expect("empty"), (Vec::new(), Vec::new()));
+        assert_eq!(
+            split_cert_table(&[]).expect("empty"),
+            (Vec::new(), Vec::new())
+        );
     }
 
     #[test]
@@ -212,7 +269,10 @@ mod tests {
             *b = 0xff; // offset far outside
         }
         assert!(split_cert_table(&t).is_err(), "offset outside");
-        let no_terminator = table(&[(GUID_VCEK, b"abc")]).get(..24).map(<[u8]>::to_vec).unwrap_or_default();
+        let no_terminator = table(&[(GUID_VCEK, b"abc")])
+            .get(..24)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         assert!(split_cert_table(&no_terminator).is_err(), "no terminator");
     }
 }

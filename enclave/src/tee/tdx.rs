@@ -8,8 +8,8 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use chrysalis_proto::Platform;
 use chrysalis_attestation::measure::eventlog::{runtime_event_digest, RUNTIME_EVENT};
+use chrysalis_proto::Platform;
 
 use super::configfs::{self, RealFs, TsmFs};
 use super::{ioctl, ConfigBinding, GuestPaths, TeeDevice, TeeError, TeeEvidence};
@@ -56,7 +56,11 @@ pub fn qgs_encode_get_quote(tdreport: &[u8]) -> Vec<u8> {
     m.extend_from_slice(&QGS_GET_QUOTE_REQ.to_le_bytes());
     m.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
     m.extend_from_slice(&0u32.to_le_bytes()); // error_code
-    m.extend_from_slice(&u32::try_from(tdreport.len()).unwrap_or(u32::MAX).to_le_bytes());
+    m.extend_from_slice(
+        &u32::try_from(tdreport.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     m.extend_from_slice(&0u32.to_le_bytes()); // id_list_size
     m.extend_from_slice(tdreport);
     m
@@ -68,8 +72,14 @@ fn le_u32(b: &[u8], off: usize) -> Option<u32> {
 
 /// Decode a QGS `GET_QUOTE_RESP` body (without the length prefix) into the quote.
 pub fn qgs_decode_get_quote_resp(msg: &[u8]) -> Result<Vec<u8>, TeeError> {
-    let bad = |m: String| TeeError::Protocol { interface: "tdx qgs", message: m };
-    let major = msg.get(0..2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes);
+    let bad = |m: String| TeeError::Protocol {
+        interface: "tdx qgs",
+        message: m,
+    };
+    let major = msg
+        .get(0..2)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_le_bytes);
     if major != Some(1) {
         return Err(bad(format!("unsupported QGS message version {major:?}")));
     }
@@ -80,19 +90,30 @@ pub fn qgs_decode_get_quote_resp(msg: &[u8]) -> Result<Vec<u8>, TeeError> {
         return Err(bad(format!("message type {ty} is not GET_QUOTE_RESP")));
     }
     if size != msg.len() {
-        return Err(bad(format!("header size {size} but {} bytes received", msg.len())));
+        return Err(bad(format!(
+            "header size {size} but {} bytes received",
+            msg.len()
+        )));
     }
     if error != 0 {
-        return Err(bad(format!("the quote-generation service returned error {error:#x}")));
+        return Err(bad(format!(
+            "the quote-generation service returned error {error:#x}"
+        )));
     }
     let id_size = le_u32(msg, 16).ok_or_else(|| bad("short body".into()))? as usize;
     let quote_size = le_u32(msg, 20).ok_or_else(|| bad("short body".into()))? as usize;
-    let start = 24usize.checked_add(id_size).ok_or_else(|| bad("size overflow".into()))?;
-    let end = start.checked_add(quote_size).ok_or_else(|| bad("size overflow".into()))?;
+    let start = 24usize
+        .checked_add(id_size)
+        .ok_or_else(|| bad("size overflow".into()))?;
+    let end = start
+        .checked_add(quote_size)
+        .ok_or_else(|| bad("size overflow".into()))?;
     if end != msg.len() || quote_size == 0 {
         return Err(bad("quote size does not match the message".into()));
     }
-    msg.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| bad("truncated".into()))
+    msg.get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| bad("truncated".into()))
 }
 
 fn qgs_round_trip(tdreport: &[u8]) -> Result<Vec<u8>, TeeError> {
@@ -104,7 +125,10 @@ fn qgs_round_trip(tdreport: &[u8]) -> Result<Vec<u8>, TeeError> {
     s.read_exact(&mut len).map_err(io)?;
     let n = u32::from_be_bytes(len) as usize;
     if n > QGS_MAX_MESSAGE {
-        return Err(TeeError::Protocol { interface: "tdx qgs", message: format!("response of {n} bytes is too large") });
+        return Err(TeeError::Protocol {
+            interface: "tdx qgs",
+            message: format!("response of {n} bytes is too large"),
+        });
     }
     let mut msg = vec![0u8; n];
     s.read_exact(&mut msg).map_err(io)?;
@@ -128,10 +152,16 @@ impl TdxDevice {
     /// Open the TDX guest interfaces.
     pub fn open(paths: &GuestPaths) -> Result<Self, TeeError> {
         if configfs::provider(&paths.tsm_report).as_deref() == Some("tdx_guest") {
-            return Ok(Self { paths: paths.clone(), via: Via::Configfs(Box::new(RealFs)) });
+            return Ok(Self {
+                paths: paths.clone(),
+                via: Via::Configfs(Box::new(RealFs)),
+            });
         }
         if paths.tdx_guest.exists() {
-            return Ok(Self { paths: paths.clone(), via: Via::DevQgs });
+            return Ok(Self {
+                paths: paths.clone(),
+                via: Via::DevQgs,
+            });
         }
         Err(TeeError::Unavailable(format!(
             "not a TDX guest: no configfs-tsm tdx_guest provider under {} and no {}",
@@ -142,7 +172,10 @@ impl TdxDevice {
 
     /// A device over recorded configfs outputs (tests).
     pub fn with_tsm(paths: &GuestPaths, fs: Box<dyn TsmFs + Send + Sync>) -> Self {
-        Self { paths: paths.clone(), via: Via::Configfs(fs) }
+        Self {
+            paths: paths.clone(),
+            via: Via::Configfs(fs),
+        }
     }
 
     fn rtmr3_path(&self) -> PathBuf {
@@ -160,16 +193,34 @@ impl TeeDevice for TdxDevice {
     fn attest(&self, report_data: &[u8; 64]) -> Result<TeeEvidence, TeeError> {
         match &self.via {
             Via::Configfs(fs) => {
-                let r = configfs::request(fs.as_ref(), &self.paths.tsm_report, &format!("chrysalis-{}", std::process::id()), report_data)?;
+                let r = configfs::request(
+                    fs.as_ref(),
+                    &self.paths.tsm_report,
+                    &format!("chrysalis-{}", std::process::id()),
+                    report_data,
+                )?;
                 if r.provider != "tdx_guest" {
-                    return Err(TeeError::Protocol { interface: "configfs-tsm", message: format!("provider {:?} is not tdx_guest", r.provider) });
+                    return Err(TeeError::Protocol {
+                        interface: "configfs-tsm",
+                        message: format!("provider {:?} is not tdx_guest", r.provider),
+                    });
                 }
-                Ok(TeeEvidence { evidence: r.outblob, cert_chain_pem: Vec::new(), vcek_der: Vec::new(), interface: "configfs-tsm" })
+                Ok(TeeEvidence {
+                    evidence: r.outblob,
+                    cert_chain_pem: Vec::new(),
+                    vcek_der: Vec::new(),
+                    interface: "configfs-tsm",
+                })
             }
             Via::DevQgs => {
                 let tdreport = ioctl::tdx_get_report0(&self.paths.tdx_guest, report_data)?;
                 let quote = qgs_round_trip(&tdreport)?;
-                Ok(TeeEvidence { evidence: quote, cert_chain_pem: Vec::new(), vcek_der: Vec::new(), interface: "tdx_guest+qgs" })
+                Ok(TeeEvidence {
+                    evidence: quote,
+                    cert_chain_pem: Vec::new(),
+                    vcek_der: Vec::new(),
+                    interface: "tdx_guest+qgs",
+                })
             }
         }
     }
@@ -177,7 +228,13 @@ impl TeeDevice for TdxDevice {
         let digest = config_event_digest(config_json);
         let p = self.rtmr3_path();
         std::fs::write(&p, digest).map_err(|e| {
-            TeeError::io(&p, std::io::Error::new(e.kind(), format!("cannot extend RTMR3 (needs Linux 6.16+): {e}")))
+            TeeError::io(
+                &p,
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot extend RTMR3 (needs Linux 6.16+): {e}"),
+                ),
+            )
         })?;
         Ok(ConfigBinding::Rtmr3Extended)
     }
@@ -213,7 +270,10 @@ mod tests {
 
     #[test]
     fn qgs_response_decoding_and_errors() {
-        assert_eq!(qgs_decode_get_quote_resp(&resp(b"QUOTE", 0, b"id")).expect("quote"), b"QUOTE");
+        assert_eq!(
+            qgs_decode_get_quote_resp(&resp(b"QUOTE", 0, b"id")).expect("quote"),
+            b"QUOTE"
+        );
         assert!(qgs_decode_get_quote_resp(&resp(b"QUOTE", 0x12, b"")).is_err());
         let mut wrong_size = resp(b"QUOTE", 0, b"");
         wrong_size.push(0);
