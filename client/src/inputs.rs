@@ -109,3 +109,13 @@ pub fn load_policy(path: Option<&Path>, allow_simulated: bool) -> Result<Policy,
         policy
     })
 }
+
+/// The wall clock as a verification time. The client is where time enters: `attestation` takes
+/// it as a parameter.
+pub fn now() -> chrysalis_attestation::Timestamp {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    chrysalis_attestation::Timestamp(secs)
+}

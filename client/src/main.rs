@@ -268,13 +268,7 @@ fn now_or(at: Option<&str>) -> Result<Timestamp, UsageError> {
             path: "--at".into(),
             reason: e.to_string(),
         }),
-        None => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            Ok(Timestamp(secs))
-        }
+        None => Ok(chrysalis_client::inputs::now()),
     }
 }
 

@@ -4,19 +4,10 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrysalis_attestation::{Platform, Timestamp};
-use chrysalis_client::inputs::{load_policy, UsageError};
-use chrysalis_client::remote::{self, AnswerPiece, RemoteError};
+use chrysalis_attestation::Platform;
+use chrysalis_client::inputs::{load_policy, now, UsageError};
+use chrysalis_client::remote::{self, AnswerPiece};
 use chrysalis_client::report::{rejection_json, verdict_json, verdict_text, SIMULATED_WARNING};
-
-fn now() -> Timestamp {
-    Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
-}
 
 fn runtime() -> Result<tokio::runtime::Runtime, UsageError> {
     tokio::runtime::Builder::new_current_thread()
@@ -26,11 +17,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, UsageError> {
             path: "runtime".into(),
             reason: e.to_string(),
         })
-}
-
-fn platform_of(e: &RemoteError) -> Option<Platform> {
-    let _ = e;
-    None
 }
 
 /// `chrysalis attest URL`.
@@ -91,7 +77,7 @@ pub fn attest(
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&rejection_json(platform_of(&e), &e.to_string()))
+                    serde_json::to_string_pretty(&rejection_json(None, &e.to_string()))
                         .unwrap_or_default()
                 );
             } else {

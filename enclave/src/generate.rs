@@ -156,10 +156,6 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     if let Some(n) = args.streams.filter(|n| *n > 0) {
         return run_streams(engine, &req, n);
     }
-    let prompt_tokens = engine
-        .model("")?
-        .tokenizer
-        .encode(&engine.model("")?.template.render(&req.messages)?, true);
     let mut stdout = std::io::stdout().lock();
     let streaming = !args.json;
     let done = engine.generate_blocking(&req, |t| {
@@ -175,7 +171,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             "text": done.text,
             "tokens": done.tokens,
             "prompt_tokens": done.usage.prompt_tokens,
-            "prompt_token_ids": prompt_tokens,
+            "prompt_token_ids": done.prompt_tokens,
             "completion_tokens": done.usage.completion_tokens,
             "finish_reason": done.usage.finish_reason,
             "ttft_ms": done.usage.ttft_ms,

@@ -17,6 +17,7 @@ use chrysalis_proto::{
 use serde::{Deserialize, Serialize};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
 use crate::identity::{Identity, IdentityError};
 
@@ -224,8 +225,6 @@ impl Enclave for EnclaveService {
         }))
     }
 }
-
-use zeroize::Zeroizing;
 
 /// Serves the one RA-TLS certificate. (`with_single_cert` would run the certificate through
 /// webpki, which refuses our critical evidence extension: correct for web PKI, not for RA-TLS.)

@@ -264,6 +264,8 @@ pub struct Engine {
 pub struct Completion {
     /// The text.
     pub text: String,
+    /// Prompt token ids (after the chat template).
+    pub prompt_tokens: Vec<u32>,
     /// Generated token ids.
     pub tokens: Vec<u32>,
     /// Totals.
@@ -323,6 +325,7 @@ impl Engine {
                     Event::Done(usage) => {
                         return Ok(Completion {
                             text,
+                            prompt_tokens: seq.prompt_tokens().to_vec(),
                             tokens: seq.generated().to_vec(),
                             usage,
                         });

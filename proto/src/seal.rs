@@ -17,7 +17,7 @@ use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use rand_core::{CryptoRng, RngCore, TryRngCore};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::v1::{SealedChunk, SealedRequest};
 
@@ -351,13 +351,6 @@ impl RequestSealer {
         } else {
             Err(SealError::Truncated)
         }
-    }
-}
-
-impl Drop for ChunkKeys {
-    fn drop(&mut self) {
-        self.key.zeroize();
-        self.nonce_base.zeroize();
     }
 }
 

@@ -221,13 +221,3 @@ async fn pump(
         }
     }
 }
-
-/// Current time for verification.
-pub fn now() -> chrysalis_attestation::Timestamp {
-    chrysalis_attestation::Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
-}

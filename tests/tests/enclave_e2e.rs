@@ -2,10 +2,11 @@
 //! serves gRPC on RA-TLS; the client attests, seals, and streams back a verified answer.
 
 use chrysalis_attestation::Policy;
+use chrysalis_client::inputs::now;
 use chrysalis_client::remote::{self, AnswerPiece, RemoteError};
 use chrysalis_proto::seal::{seal_request, SealError};
 use chrysalis_proto::HealthRequest;
-use chrysalis_tests::{captured_logs, now, shared_enclave, start_enclave, start_relay};
+use chrysalis_tests::{captured_logs, shared_enclave, start_enclave, start_relay};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -82,14 +82,16 @@ fn read_generation(fs: &dyn TsmFs, dir: &Path) -> Result<u64, TeeError> {
     })
 }
 
-/// Request a report over `report_data` in entry `name` under `root`.
+/// Request a report over `report_data` from `provider` (`tdx_guest` or `sev_guest`): a report
+/// from the other vendor's provider is an error.
 pub fn request(
     fs: &dyn TsmFs,
     root: &Path,
-    name: &str,
+    provider: &str,
     report_data: &[u8; 64],
 ) -> Result<TsmReport, TeeError> {
-    let dir: PathBuf = root.join(name);
+    let dir: PathBuf = root.join(format!("chrysalis-{}", std::process::id()));
+    let expected = provider;
     let created = fs.create_dir(&dir).map_err(|e| TeeError::io(&dir, e))?;
     let result = (|| {
         let before = read_generation(fs, &dir)?;
@@ -117,6 +119,12 @@ pub fn request(
         )
         .trim()
         .to_owned();
+        if provider != expected {
+            return Err(TeeError::Protocol {
+                interface: "configfs-tsm",
+                message: format!("provider {provider:?} is not {expected}"),
+            });
+        }
         if outblob.is_empty() {
             return Err(TeeError::Protocol {
                 interface: "configfs-tsm",
@@ -205,15 +213,16 @@ mod tests {
     #[test]
     fn request_reads_outblob_and_checks_generation() {
         let fs = RecordedFs::new("tdx_guest", vec![1, 2, 3], vec![]);
-        let r = request(&fs, Path::new("/tsm"), "x", &[7; 64]).expect("report");
+        let r = request(&fs, Path::new("/tsm"), "tdx_guest", &[7; 64]).expect("report");
         assert_eq!(r.provider, "tdx_guest");
         assert_eq!(r.outblob, vec![1, 2, 3]);
         assert_eq!(fs.last_inblob(), Some(vec![7; 64]));
         let mut racy = RecordedFs::new("tdx_guest", vec![1], vec![]);
         racy.race = 1;
-        let err = request(&racy, Path::new("/tsm"), "x", &[7; 64]).expect_err("race detected");
+        let err =
+            request(&racy, Path::new("/tsm"), "tdx_guest", &[7; 64]).expect_err("race detected");
         assert!(err.to_string().contains("raced"), "{err}");
         let empty = RecordedFs::new("sev_guest", vec![], vec![]);
-        assert!(request(&empty, Path::new("/tsm"), "x", &[0; 64]).is_err());
+        assert!(request(&empty, Path::new("/tsm"), "sev_guest", &[0; 64]).is_err());
     }
 }

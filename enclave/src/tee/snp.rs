@@ -162,15 +162,9 @@ impl TeeDevice for SnpDevice {
                 let r = configfs::request(
                     fs.as_ref(),
                     &self.paths.tsm_report,
-                    &format!("chrysalis-{}", std::process::id()),
+                    "sev_guest",
                     report_data,
                 )?;
-                if r.provider != "sev_guest" {
-                    return Err(TeeError::Protocol {
-                        interface: "configfs-tsm",
-                        message: format!("provider {:?} is not sev_guest", r.provider),
-                    });
-                }
                 (r.outblob, r.auxblob, "configfs-tsm")
             }
             Via::SevGuest => {

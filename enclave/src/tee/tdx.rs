@@ -196,15 +196,9 @@ impl TeeDevice for TdxDevice {
                 let r = configfs::request(
                     fs.as_ref(),
                     &self.paths.tsm_report,
-                    &format!("chrysalis-{}", std::process::id()),
+                    "tdx_guest",
                     report_data,
                 )?;
-                if r.provider != "tdx_guest" {
-                    return Err(TeeError::Protocol {
-                        interface: "configfs-tsm",
-                        message: format!("provider {:?} is not tdx_guest", r.provider),
-                    });
-                }
                 Ok(TeeEvidence {
                     evidence: r.outblob,
                     cert_chain_pem: Vec::new(),
