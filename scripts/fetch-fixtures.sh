@@ -71,3 +71,12 @@ if [ ! -f "$out/vmlinuz-cloud-amd64" ]; then
   fi
 fi
 sha256sum "$out"/*.fd "$out"/*.bin "$out"/vmlinuz-* 2>/dev/null || true
+
+# Debian trixie packages of the image recipes (images/default.toml, the image tests), cached here
+# so that `chrysalis image build --cache target/fixtures/dl` reads them without a download.
+fetch https://deb.debian.org/debian/pool/main/l/linux-signed-amd64/linux-image-6.12.107+deb13-cloud-amd64_6.12.107-1_amd64.deb \
+  04434ff520f860423eafe4203d986a35682ce73c2f71baa39e988ca0da93ac91 linux-image-6.12.107+deb13-cloud-amd64_6.12.107-1_amd64.deb
+fetch https://deb.debian.org/debian/pool/main/g/glibc/libc6_2.41-12+deb13u4_amd64.deb \
+  967aa62605721081c3eb2a17650611a792aa802d76a6511d1840242623d204c9 libc6_2.41-12+deb13u4_amd64.deb
+fetch https://deb.debian.org/debian/pool/main/g/gcc-14/libgcc-s1_14.2.0-19_amd64.deb \
+  3c71917b490d1a17aed43196a2787a256ecf060526cdb20216a74bedc061b150 libgcc-s1_14.2.0-19_amd64.deb

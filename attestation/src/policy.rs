@@ -16,6 +16,8 @@
 //! [tdx]
 //! mr_td = ["<96 hex>"]
 //! rtmr = [["<rtmr0>", "<rtmr1>", "<rtmr2>", "<rtmr3>"]]   # optional sets of all four
+//! rtmr1 = ["<96 hex>"]                # optional: RTMR1 alone (kernel)
+//! rtmr2 = ["<96 hex>"]                # optional: RTMR2 alone (command line, initrd)
 //! mr_seam = ["<96 hex>"]              # optional TDX module allowlist
 //! min_tee_tcb_svn = "<32 hex>"        # optional, compared byte by byte
 //! require_sept_ve_disable = true      # default true
@@ -97,6 +99,12 @@ pub struct TdxFile {
     /// Allowed (RTMR0, RTMR1, RTMR2, RTMR3) sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtmr: Option<Vec<[String; 4]>>,
+    /// Allowed RTMR1 values (kernel), checked alone; for images whose RTMR0 is not predicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr1: Option<Vec<String>>,
+    /// Allowed RTMR2 values (command line and initrd), checked alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr2: Option<Vec<String>>,
     /// Allowed MRCONFIGID values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mr_config_id: Option<Vec<String>>,
@@ -186,6 +194,8 @@ pub(crate) struct TcbRules {
 pub(crate) struct TdxRules {
     pub mr_td: Vec<[u8; 48]>,
     pub rtmr: Option<Vec<[[u8; 48]; 4]>>,
+    pub rtmr1: Option<Vec<[u8; 48]>>,
+    pub rtmr2: Option<Vec<[u8; 48]>>,
     pub mr_config_id: Option<Vec<[u8; 48]>>,
     pub mr_seam: Option<Vec<[u8; 48]>>,
     pub min_tee_tcb_svn: Option<[u8; 16]>,
@@ -359,6 +369,8 @@ impl Policy {
                                 .collect::<Result<Vec<_>, ParseError>>()
                         })
                         .transpose()?,
+                    rtmr1: opt_hex_list("tdx.rtmr1", &t.rtmr1)?,
+                    rtmr2: opt_hex_list("tdx.rtmr2", &t.rtmr2)?,
                     mr_config_id: opt_hex_list("tdx.mr_config_id", &t.mr_config_id)?,
                     mr_seam: opt_hex_list("tdx.mr_seam", &t.mr_seam)?,
                     min_tee_tcb_svn: t

@@ -14,7 +14,7 @@
 //! signature covers every byte before it.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier as _, VerifyingKey};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha384};
 
 use crate::error::{ParseError, VerifyError};
 
@@ -38,6 +38,37 @@ pub fn root_signing_key() -> SigningKey {
 /// The simulator root public key the verifier accepts for simulated evidence.
 pub fn root_verifying_key() -> VerifyingKey {
     root_signing_key().verifying_key()
+}
+
+/// Domain tag of the simulated launch measurement of a VM image.
+const IMAGE_MEASUREMENT_TAG: &[u8] = b"chrysalis simulated image measurement v1\0";
+
+/// The simulated analogue of a launch measurement for an enclave booted from an image: SHA-384
+/// over a domain tag, the SHA-384 of the enclave binary and the kernel command line (with OVMF's
+/// `initrd=initrd` token removed, so the value does not depend on the firmware). The image
+/// manifest predicts it; the enclave computes it when it runs as the guest's init. Like all
+/// simulated evidence it proves nothing: anyone can sign it.
+pub fn image_measurement(enclave_sha384: &[u8; 48], kernel_cmdline: &str) -> [u8; 48] {
+    let cmdline = normalize_cmdline(kernel_cmdline);
+    let mut h = Sha384::new();
+    h.update(IMAGE_MEASUREMENT_TAG);
+    h.update(enclave_sha384);
+    h.update((cmdline.len() as u64).to_le_bytes());
+    h.update(cmdline.as_bytes());
+    h.finalize().into()
+}
+
+/// The command line as the image recipe wrote it: the newline `/proc/cmdline` ends with and
+/// OVMF's `initrd=initrd` token (appended or prepended) removed; nothing else is changed, so a
+/// one-byte change anywhere else changes the measurement.
+pub fn normalize_cmdline(cmdline: &str) -> &str {
+    let c = cmdline.strip_suffix('\n').unwrap_or(cmdline);
+    if c == "initrd=initrd" {
+        return "";
+    }
+    c.strip_suffix(" initrd=initrd")
+        .or_else(|| c.strip_prefix("initrd=initrd "))
+        .unwrap_or(c)
 }
 
 /// The values a simulated report carries.
@@ -162,6 +193,30 @@ mod tests {
             report_data: [3; 64],
             debug: false,
         }
+    }
+
+    #[test]
+    fn image_measurement_covers_every_byte_of_the_command_line() {
+        let exe = [7u8; 48];
+        let base = image_measurement(&exe, "console=ttyS0 panic=-1");
+        // What the guest reads: /proc/cmdline with OVMF's token and a newline.
+        assert_eq!(
+            image_measurement(&exe, "console=ttyS0 panic=-1 initrd=initrd\n"),
+            base
+        );
+        assert_eq!(
+            image_measurement(&exe, "initrd=initrd console=ttyS0 panic=-1"),
+            base
+        );
+        for changed in [
+            "console=ttyS0 panic=-2",
+            "console=ttyS0  panic=-1",
+            "console=ttyS0 panic=-1 ",
+            "console=ttyS1 panic=-1",
+        ] {
+            assert_ne!(image_measurement(&exe, changed), base, "{changed:?}");
+        }
+        assert_ne!(image_measurement(&[8; 48], "console=ttyS0 panic=-1"), base);
     }
 
     #[test]

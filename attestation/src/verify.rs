@@ -492,6 +492,12 @@ impl Verifier {
             if let Some(allowed) = &rules.mr_config_id {
                 allow_list("mr_config_id", &m.mr_config_id, allowed)?;
             }
+            if let Some(allowed) = &rules.rtmr1 {
+                allow_list("rtmr1", &m.rtmr[1], allowed)?;
+            }
+            if let Some(allowed) = &rules.rtmr2 {
+                allow_list("rtmr2", &m.rtmr[2], allowed)?;
+            }
             if let Some(sets) = &rules.rtmr {
                 if !sets.iter().any(|set| set == &m.rtmr) {
                     return Err(PolicyViolation::NotAllowed {

@@ -15,6 +15,7 @@ use chrysalis_client::inputs::{
 use chrysalis_client::report::{verdict_json, verdict_text, SIMULATED_WARNING};
 use clap::{Parser, Subcommand};
 
+mod image_cmd;
 mod remote_cmd;
 
 /// Chrysalis: verify confidential-computing evidence and talk to attested enclaves.
@@ -45,6 +46,49 @@ enum Command {
     /// Nothing of the prompt leaves this process unless verification succeeded. Exit 0 only
     /// when the whole, verified answer arrived.
     Chat(ChatArgs),
+    /// Reproducible VM images: build from a recipe, verify against the manifest, emit a policy.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build an image from a recipe (every input pinned by SHA-256) into a directory, with its
+    /// manifest of expected measurements.
+    Build {
+        /// The recipe (TOML), e.g. images/default.toml.
+        #[arg(long, value_name = "FILE")]
+        recipe: PathBuf,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Download cache (default: OUT/.cache).
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute every hash and measurement from the files and compare with the manifest.
+    /// Exit 0 when all match, 1 otherwise (each mismatch named).
+    Verify {
+        /// Image directory (with manifest.json).
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Emit a verifier policy (TOML) that accepts exactly this image (after verifying it).
+    Policy {
+        /// Image directory (with manifest.json).
+        dir: PathBuf,
+        /// Also accept the simulator's evidence of this image (NOT CONFIDENTIAL).
+        #[arg(long)]
+        allow_simulated: bool,
+        /// Write to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,6 +287,18 @@ fn main() -> ExitCode {
             temperature: args.temperature,
             system: args.system,
         }),
+        Command::Image(ImageCommand::Build {
+            recipe,
+            out,
+            cache,
+            json,
+        }) => image_cmd::build(&recipe, &out, cache, json),
+        Command::Image(ImageCommand::Verify { dir, json }) => image_cmd::verify(&dir, json),
+        Command::Image(ImageCommand::Policy {
+            dir,
+            allow_simulated,
+            out,
+        }) => image_cmd::policy(&dir, allow_simulated, out.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -18,6 +18,7 @@ pub mod v1 {
 }
 
 pub mod binding;
+pub mod guest;
 pub mod seal;
 
 pub use v1::*;
