@@ -14,7 +14,6 @@ out=${OUT:-images/out}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1767225600}
 export CARGO_PROFILE_RELEASE_DEBUG=0
 export CARGO_PROFILE_RELEASE_STRIP=symbols
-export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 export CARGO_INCREMENTAL=0
 export RUSTFLAGS="-C target-cpu=x86-64-v3 --remap-path-prefix=$root=/chrysalis --remap-path-prefix=$cargo_home=/cargo -C link-arg=-Wl,--build-id=sha1"
 echo "image: building chrysalis-enclave (release, reproducible flags) into target/image"
