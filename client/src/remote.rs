@@ -465,6 +465,90 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
     })
 }
 
+/// A TLS certificate verifier that accepts any certificate. Only for untrusted intermediaries
+/// (the host agent's readiness checks and its evidence relay): nothing learned through such a
+/// connection is trusted, and no prompt is ever sent over it.
+#[derive(Debug)]
+struct AcceptAnyForRelay(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyForRelay {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        // Nothing learned over this connection is trusted: there is nothing to check it against.
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// An UNVERIFIED gRPC client to an enclave at `host:port`, for untrusted intermediaries (the
+/// host agent) that check readiness and pass the evidence bundle on for clients to verify
+/// themselves. Never seal a prompt over it: use [`connect`].
+pub async fn connect_unverified(
+    addr: std::net::SocketAddr,
+) -> Result<EnclaveClient<tonic::transport::Channel>, RemoteError> {
+    let url = format!("https://{addr}");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RemoteError::Connect {
+            url: url.clone(),
+            message: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyForRelay(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| RemoteError::Connect {
+            url: url.clone(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_uri: http::Uri| {
+            let conn = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("enclave")
+                    .map_err(std::io::Error::other)?
+                    .to_owned();
+                let tls = conn.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| RemoteError::Connect {
+            url,
+            message: e.to_string(),
+        })?;
+    Ok(EnclaveClient::new(channel))
+}
+
 /// Ask for fresh evidence over a random nonce and verify it (proves liveness of the key).
 pub async fn attest_fresh(
     a: &mut Attested,

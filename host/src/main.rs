@@ -1,14 +1,227 @@
 //! `chrysalis-host`: the host agent binary.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// The Chrysalis host agent (boots and supervises confidential VMs).
+use chrysalis_host::config::HostConfig;
+use chrysalis_host::{gpu, qemu, vm};
+use clap::{Parser, Subcommand};
+
+/// The Chrysalis host agent: boots and supervises confidential VMs, relays their clients and
+/// their evidence. It is never trusted with what it serves.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("the host agent is not implemented yet: it arrives with the host-agent issue")
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the configured VMs in the foreground until interrupted (SIGINT/SIGTERM: drain, stop).
+    Run {
+        /// Host configuration (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a configuration, its images and the QEMU it names; exit 0 when all is well.
+    CheckConfig {
+        /// Host configuration (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Build a VM's launch: with --dry-run, print the exact QEMU command line and the
+    /// measurements the VM should report.
+    Launch {
+        /// Host configuration (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The VM (default: the only one).
+        #[arg(long)]
+        vm: Option<String>,
+        /// Print instead of running.
+        #[arg(long, required = true)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// GPUs: list, bind to vfio-pci, give back.
+    #[command(subcommand)]
+    Gpus(GpuCommand),
+    /// Report host support for TDX and SEV-SNP guests (KVM parameters, QEMU version).
+    CheckHost {
+        /// QEMU binary.
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GpuCommand {
+    /// List NVIDIA GPUs with driver and IOMMU group.
+    List {
+        /// sysfs root.
+        #[arg(long, default_value = "/sys")]
+        sysfs: PathBuf,
+    },
+    /// Bind a GPU to vfio-pci for passthrough.
+    Bind {
+        /// PCI address.
+        address: String,
+        /// sysfs root.
+        #[arg(long, default_value = "/sys")]
+        sysfs: PathBuf,
+    },
+    /// Give a GPU back to its default driver.
+    Unbind {
+        /// PCI address.
+        address: String,
+        /// sysfs root.
+        #[arg(long, default_value = "/sys")]
+        sysfs: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHRYSALIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chrysalis-host: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => {
+            let c = HostConfig::load(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let running = chrysalis_host::start(c).await?;
+                println!(
+                    "chrysalis-host: api on http://{}, clients on {}",
+                    running.api_addr,
+                    running
+                        .client_addrs
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                shutdown_signal().await;
+                eprintln!("chrysalis-host: draining and stopping");
+                running.stop().await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let c = HostConfig::load(&config)?;
+            let mut ok = true;
+            for v in &c.vms {
+                let res = qemu::QemuVersion::of(&v.qemu)
+                    .and_then(|ver| qemu::check_support(ver, v.platform, v.gpus.len()).map(|_| ver))
+                    .and_then(|ver| vm::prepare(v, &std::env::temp_dir(), 1).map(|_| ver));
+                match res {
+                    Ok(ver) => println!("ok    vm {}: image {} verified, QEMU {ver}", v.name, v.image.display()),
+                    Err(e) => {
+                        ok = false;
+                        println!("FAIL  vm {}: {e}", v.name);
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Launch { config, vm: name, dry_run: _, json } => {
+            let c = HostConfig::load(&config)?;
+            let v = match &name {
+                Some(n) => c.vm(n)?,
+                None if c.vms.len() == 1 => c.vm(&c.vms[0].name)?,
+                None => anyhow::bail!("several VMs: name one with --vm"),
+            };
+            let p = vm::prepare(v, &c.state_dir, 0).map_err(anyhow::Error::msg)?;
+            let expected = vm::expected_measurements(&p);
+            let mut cmd = vec![p.qemu.display().to_string()];
+            cmd.extend(p.args.iter().cloned());
+            if json {
+                println!("{:#}", serde_json::json!({"command": cmd, "expected": expected, "note": "host_port 0 is chosen at launch"}));
+            } else {
+                println!("# QEMU command for vm {} (the guest forward port is chosen at launch)", v.name);
+                println!("{}", qemu::shell_quote(&cmd));
+                println!("# expected measurements");
+                println!("{expected:#}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gpus(GpuCommand::List { sysfs }) => {
+            let s = gpu::Sysfs { root: sysfs };
+            let gpus = s.gpus()?;
+            if gpus.is_empty() {
+                println!("no NVIDIA GPU found");
+            }
+            for g in gpus {
+                println!(
+                    "{}  device {}  driver {}  iommu group {}  (CC mode: check with NVIDIA gpu-admin-tools before binding)",
+                    g.address,
+                    g.device,
+                    g.driver.as_deref().unwrap_or("none"),
+                    g.iommu_group.as_deref().unwrap_or("NONE (passthrough impossible)")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gpus(GpuCommand::Bind { address, sysfs }) => {
+            gpu::Sysfs { root: sysfs }.bind_vfio(&address).map_err(anyhow::Error::msg)?;
+            println!("{address}: bound to vfio-pci");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gpus(GpuCommand::Unbind { address, sysfs }) => {
+            gpu::Sysfs { root: sysfs }.unbind_vfio(&address).map_err(anyhow::Error::msg)?;
+            println!("{address}: given back to its default driver");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckHost { qemu: q } => {
+            let s = gpu::Sysfs::default();
+            for (k, v) in s.kvm_support() {
+                println!("{k:<18} {v}");
+            }
+            println!("/dev/kvm           {}", if std::path::Path::new("/dev/kvm").exists() { "present" } else { "absent" });
+            match qemu::QemuVersion::of(&q) {
+                Ok(v) => {
+                    println!("QEMU               {v}");
+                    for (p, what) in [(chrysalis_host::config::PlatformKind::Tdx, "TDX"), (chrysalis_host::config::PlatformKind::Snp, "SNP")] {
+                        match qemu::check_support(v, p, 0) {
+                            Ok(()) => println!("{what:<18} supported by this QEMU"),
+                            Err(e) => println!("{what:<18} {e}"),
+                        }
+                    }
+                }
+                Err(e) => println!("QEMU               {e}"),
+            }
+            match qemu::SnpHost::detect() {
+                Some(h) => println!("SEV C-bit          {} (reduced phys bits {})", h.cbitpos, h.reduced_phys_bits),
+                None => println!("SEV                not reported by this CPU"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    } else {
+        let _ = ctrl_c.await;
+    }
 }

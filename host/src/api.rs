@@ -1,0 +1,164 @@
+//! The host API: `GET /v1/attestation` (the enclave's evidence bundle, relayed for clients to
+//! verify themselves; the host is not trusted for it), `GET /healthz` (200 only when every VM
+//! is ready), `GET /metrics` (Prometheus text).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::vm::{VmHandle, VmState};
+
+/// Shared API state.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// The VMs.
+    pub vms: Arc<Vec<Arc<VmHandle>>>,
+}
+
+/// The router.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/attestation", get(attestation))
+        .with_state(api)
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], format!("{v:#}\n")).into_response()
+}
+
+async fn healthz(State(api): State<Api>) -> Response {
+    let vms: Vec<serde_json::Value> = api
+        .vms
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "name": v.config.name,
+                "state": v.state().name(),
+                "last_error": v.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+        })
+        .collect();
+    let ready = api.vms.iter().all(|v| v.state() == VmState::Ready);
+    json(
+        if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE },
+        serde_json::json!({"ready": ready, "vms": vms}),
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AttestationQuery {
+    vm: Option<String>,
+    nonce: Option<String>,
+}
+
+fn bundle_json(b: &chrysalis_proto::EvidenceBundle) -> serde_json::Value {
+    use prost::Message;
+    let platform = chrysalis_proto::Platform::try_from(b.platform)
+        .map(|p| p.as_str_name().to_string())
+        .unwrap_or_else(|_| b.platform.to_string());
+    serde_json::json!({
+        "platform": platform,
+        "evidence": hex::encode(&b.evidence),
+        "hpke_public_key": hex::encode(&b.hpke_public_key),
+        "tls_spki_sha256": hex::encode(&b.tls_spki_sha256),
+        "nonce": hex::encode(&b.nonce),
+        "binding_version": b.binding_version,
+        "config_json": String::from_utf8_lossy(&b.config_json),
+        "bundle_protobuf": hex::encode(b.encode_to_vec()),
+        "note": "relayed by the untrusted host agent: verify it yourself (`chrysalis attest` does)",
+    })
+}
+
+async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) -> Response {
+    let vm = match (&q.vm, api.vms.len()) {
+        (Some(name), _) => api.vms.iter().find(|v| &v.config.name == name),
+        (None, 1) => api.vms.first(),
+        (None, _) => {
+            return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "several VMs: name one with ?vm=NAME"}))
+        }
+    };
+    let Some(vm) = vm else {
+        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such VM"}));
+    };
+    let bundle = match &q.nonce {
+        // A nonce: ask the enclave for fresh evidence (it rate-limits these itself).
+        Some(n) => {
+            let nonce = match hex::decode(n) {
+                Ok(v) if (16..=64).contains(&v.len()) => v,
+                _ => {
+                    return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "nonce: 16 to 64 bytes, hex"}))
+                }
+            };
+            let Some(addr) = vm.guest_addr().filter(|_| vm.state() == VmState::Ready) else {
+                return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "the VM is not ready", "state": vm.state().name()}));
+            };
+            let fresh = async {
+                let mut c = chrysalis_client::remote::connect_unverified(addr).await.map_err(|e| e.to_string())?;
+                c.attest(chrysalis_proto::AttestRequest { nonce })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string())
+            };
+            match fresh.await {
+                Ok(b) => b,
+                Err(e) => return json(StatusCode::BAD_GATEWAY, serde_json::json!({"error": e})),
+            }
+        }
+        None => match vm.bundle.lock().ok().and_then(|b| b.clone()) {
+            Some(b) => b,
+            None => {
+                return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "no evidence yet", "state": vm.state().name()}))
+            }
+        },
+    };
+    vm.counters.attestation_fetches.fetch_add(1, Ordering::Relaxed);
+    json(StatusCode::OK, bundle_json(&bundle))
+}
+
+/// Prometheus text exposition of every VM's state and counters.
+pub fn render_metrics(vms: &[Arc<VmHandle>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP chrysalis_vm_state 1 for the state each VM is in.\n# TYPE chrysalis_vm_state gauge");
+    for v in vms {
+        let now = v.state();
+        for s in VmState::ALL {
+            let _ = writeln!(out, "chrysalis_vm_state{{vm=\"{}\",state=\"{}\"}} {}", v.config.name, s.name(), u8::from(now == s));
+        }
+    }
+    let counters: [(&str, &str, fn(&crate::vm::Counters) -> u64); 6] = [
+        ("chrysalis_vm_restarts_total", "VM relaunches.", |c| c.restarts.load(Ordering::Relaxed)),
+        ("chrysalis_relay_connections_total", "Client connections relayed.", |c| c.connections.load(Ordering::Relaxed)),
+        ("chrysalis_relay_refused_total", "Client connections refused (VM not ready).", |c| c.refused.load(Ordering::Relaxed)),
+        ("chrysalis_relay_bytes_in_total", "Bytes from clients to enclaves.", |c| c.bytes_in.load(Ordering::Relaxed)),
+        ("chrysalis_relay_bytes_out_total", "Bytes from enclaves to clients.", |c| c.bytes_out.load(Ordering::Relaxed)),
+        ("chrysalis_attestation_fetches_total", "Evidence bundles served.", |c| c.attestation_fetches.load(Ordering::Relaxed)),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for v in vms {
+            let _ = writeln!(out, "{name}{{vm=\"{}\"}} {}", v.config.name, get(&v.counters));
+        }
+    }
+    let _ = writeln!(out, "# HELP chrysalis_relay_active_connections Open client connections.\n# TYPE chrysalis_relay_active_connections gauge");
+    for v in vms {
+        let _ = writeln!(out, "chrysalis_relay_active_connections{{vm=\"{}\"}} {}", v.config.name, v.counters.active.load(Ordering::Relaxed));
+    }
+    out
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&api.vms),
+    )
+        .into_response()
+}
