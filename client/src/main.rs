@@ -46,9 +46,27 @@ enum Command {
     /// Nothing of the prompt leaves this process unless verification succeeded. Exit 0 only
     /// when the whole, verified answer arrived.
     Chat(ChatArgs),
+    /// An OpenAI-compatible HTTP server that verifies the enclave (against the policy) before
+    /// any prompt leaves this machine, and seals every prompt to the attested key.
+    Gateway(GatewayArgs),
     /// Reproducible VM images: build from a recipe, verify against the manifest, emit a policy.
     #[command(subcommand)]
     Image(ImageCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// Address to listen on (keep it on loopback: prompts arrive here in clear).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// The enclave or host relay: https://HOST:PORT
+    #[arg(long)]
+    upstream: String,
+    #[command(flatten)]
+    policy: RemotePolicyArgs,
+    /// Seconds a verification holds before the next request verifies again.
+    #[arg(long, default_value_t = 300)]
+    session_ttl: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +305,13 @@ fn main() -> ExitCode {
             temperature: args.temperature,
             system: args.system,
         }),
+        Command::Gateway(args) => remote_cmd::gateway(
+            args.listen,
+            args.upstream,
+            &args.policy.policy,
+            args.policy.allow_simulated,
+            args.session_ttl,
+        ),
         Command::Image(ImageCommand::Build {
             recipe,
             out,

@@ -142,3 +142,59 @@ pub fn chat(o: ChatOptions) -> Result<ExitCode, UsageError> {
         }
     }
 }
+
+/// `chrysalis gateway`: verify at start (and before the first request after any key change or
+/// expiry), then serve the OpenAI-compatible API until Ctrl-C.
+pub fn gateway(
+    listen: std::net::SocketAddr,
+    upstream: String,
+    policy: &Option<PathBuf>,
+    allow_simulated: bool,
+    session_ttl: u64,
+) -> Result<ExitCode, UsageError> {
+    use chrysalis_client::gateway::{Gateway, GatewayConfig};
+    remote::parse_url(&upstream).map_err(|e| UsageError {
+        path: upstream.clone(),
+        reason: e.to_string(),
+    })?;
+    let policy = load_policy(policy.as_deref(), allow_simulated)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UsageError {
+            path: "runtime".into(),
+            reason: e.to_string(),
+        })?;
+    rt.block_on(async move {
+        let g = Gateway::new(GatewayConfig {
+            upstream: upstream.clone(),
+            policy,
+            session_ttl: std::time::Duration::from_secs(session_ttl.max(1)),
+            now: None,
+        });
+        match g.verify().await {
+            Ok(()) => eprintln!("gateway: {upstream} verified against the policy"),
+            Err(e) => eprintln!(
+                "gateway: WARNING: {upstream} is not verified ({e}); every request will be refused \
+                 until it verifies"
+            ),
+        }
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| UsageError {
+            path: listen.to_string(),
+            reason: e.to_string(),
+        })?;
+        println!(
+            "chrysalis gateway on http://{} (OpenAI-compatible: /v1/models, /v1/chat/completions, /v1/completions; /v1/attestation)",
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        chrysalis_client::gateway::serve(listener, g, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| UsageError {
+            path: listen.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

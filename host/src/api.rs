@@ -31,7 +31,12 @@ pub fn router(api: Api) -> Router {
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], format!("{v:#}\n")).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{v:#}\n"),
+    )
+        .into_response()
 }
 
 async fn healthz(State(api): State<Api>) -> Response {
@@ -48,7 +53,11 @@ async fn healthz(State(api): State<Api>) -> Response {
         .collect();
     let ready = api.vms.iter().all(|v| v.state() == VmState::Ready);
     json(
-        if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE },
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
         serde_json::json!({"ready": ready, "vms": vms}),
     )
 }
@@ -82,11 +91,17 @@ async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) 
         (Some(name), _) => api.vms.iter().find(|v| &v.config.name == name),
         (None, 1) => api.vms.first(),
         (None, _) => {
-            return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "several VMs: name one with ?vm=NAME"}))
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "several VMs: name one with ?vm=NAME"}),
+            )
         }
     };
     let Some(vm) = vm else {
-        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such VM"}));
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such VM"}),
+        );
     };
     let bundle = match &q.nonce {
         // A nonce: ask the enclave for fresh evidence (it rate-limits these itself).
@@ -94,14 +109,22 @@ async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) 
             let nonce = match hex::decode(n) {
                 Ok(v) if (16..=64).contains(&v.len()) => v,
                 _ => {
-                    return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "nonce: 16 to 64 bytes, hex"}))
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "nonce: 16 to 64 bytes, hex"}),
+                    )
                 }
             };
             let Some(addr) = vm.guest_addr().filter(|_| vm.state() == VmState::Ready) else {
-                return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "the VM is not ready", "state": vm.state().name()}));
+                return json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": "the VM is not ready", "state": vm.state().name()}),
+                );
             };
             let fresh = async {
-                let mut c = chrysalis_client::remote::connect_unverified(addr).await.map_err(|e| e.to_string())?;
+                let mut c = chrysalis_client::remote::connect_unverified(addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 c.attest(chrysalis_proto::AttestRequest { nonce })
                     .await
                     .map(|r| r.into_inner())
@@ -115,41 +138,87 @@ async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) 
         None => match vm.bundle.lock().ok().and_then(|b| b.clone()) {
             Some(b) => b,
             None => {
-                return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "no evidence yet", "state": vm.state().name()}))
+                return json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": "no evidence yet", "state": vm.state().name()}),
+                )
             }
         },
     };
-    vm.counters.attestation_fetches.fetch_add(1, Ordering::Relaxed);
+    vm.counters
+        .attestation_fetches
+        .fetch_add(1, Ordering::Relaxed);
     json(StatusCode::OK, bundle_json(&bundle))
 }
 
 /// Prometheus text exposition of every VM's state and counters.
 pub fn render_metrics(vms: &[Arc<VmHandle>]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP chrysalis_vm_state 1 for the state each VM is in.\n# TYPE chrysalis_vm_state gauge");
+    let _ = writeln!(
+        out,
+        "# HELP chrysalis_vm_state 1 for the state each VM is in.\n# TYPE chrysalis_vm_state gauge"
+    );
     for v in vms {
         let now = v.state();
         for s in VmState::ALL {
-            let _ = writeln!(out, "chrysalis_vm_state{{vm=\"{}\",state=\"{}\"}} {}", v.config.name, s.name(), u8::from(now == s));
+            let _ = writeln!(
+                out,
+                "chrysalis_vm_state{{vm=\"{}\",state=\"{}\"}} {}",
+                v.config.name,
+                s.name(),
+                u8::from(now == s)
+            );
         }
     }
     let counters: [(&str, &str, fn(&crate::vm::Counters) -> u64); 6] = [
-        ("chrysalis_vm_restarts_total", "VM relaunches.", |c| c.restarts.load(Ordering::Relaxed)),
-        ("chrysalis_relay_connections_total", "Client connections relayed.", |c| c.connections.load(Ordering::Relaxed)),
-        ("chrysalis_relay_refused_total", "Client connections refused (VM not ready).", |c| c.refused.load(Ordering::Relaxed)),
-        ("chrysalis_relay_bytes_in_total", "Bytes from clients to enclaves.", |c| c.bytes_in.load(Ordering::Relaxed)),
-        ("chrysalis_relay_bytes_out_total", "Bytes from enclaves to clients.", |c| c.bytes_out.load(Ordering::Relaxed)),
-        ("chrysalis_attestation_fetches_total", "Evidence bundles served.", |c| c.attestation_fetches.load(Ordering::Relaxed)),
+        ("chrysalis_vm_restarts_total", "VM relaunches.", |c| {
+            c.restarts.load(Ordering::Relaxed)
+        }),
+        (
+            "chrysalis_relay_connections_total",
+            "Client connections relayed.",
+            |c| c.connections.load(Ordering::Relaxed),
+        ),
+        (
+            "chrysalis_relay_refused_total",
+            "Client connections refused (VM not ready).",
+            |c| c.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "chrysalis_relay_bytes_in_total",
+            "Bytes from clients to enclaves.",
+            |c| c.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "chrysalis_relay_bytes_out_total",
+            "Bytes from enclaves to clients.",
+            |c| c.bytes_out.load(Ordering::Relaxed),
+        ),
+        (
+            "chrysalis_attestation_fetches_total",
+            "Evidence bundles served.",
+            |c| c.attestation_fetches.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for v in vms {
-            let _ = writeln!(out, "{name}{{vm=\"{}\"}} {}", v.config.name, get(&v.counters));
+            let _ = writeln!(
+                out,
+                "{name}{{vm=\"{}\"}} {}",
+                v.config.name,
+                get(&v.counters)
+            );
         }
     }
     let _ = writeln!(out, "# HELP chrysalis_relay_active_connections Open client connections.\n# TYPE chrysalis_relay_active_connections gauge");
     for v in vms {
-        let _ = writeln!(out, "chrysalis_relay_active_connections{{vm=\"{}\"}} {}", v.config.name, v.counters.active.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "chrysalis_relay_active_connections{{vm=\"{}\"}} {}",
+            v.config.name,
+            v.counters.active.load(Ordering::Relaxed)
+        );
     }
     out
 }

@@ -159,8 +159,8 @@ impl HostConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let mut c: HostConfig = toml::from_str(&text)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut c: HostConfig =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         if c.state_dir.is_relative() {
             c.state_dir = base.join(&c.state_dir);
@@ -181,7 +181,9 @@ impl HostConfig {
         }
         let mut names = BTreeSet::new();
         let mut addrs = BTreeSet::new();
-        addrs.insert(self.api.listen);
+        if self.api.listen.port() != 0 {
+            addrs.insert(self.api.listen);
+        }
         let mut gpus = BTreeSet::new();
         for vm in &self.vms {
             let n = &vm.name;
@@ -195,8 +197,12 @@ impl HostConfig {
             if !names.insert(n.clone()) {
                 return bad(format!("vm {n}: name used twice"));
             }
-            if !addrs.insert(vm.client_listen) {
-                return bad(format!("vm {n}: client_listen {} used twice", vm.client_listen));
+            // Port 0 (tests: an ephemeral port each) cannot clash.
+            if vm.client_listen.port() != 0 && !addrs.insert(vm.client_listen) {
+                return bad(format!(
+                    "vm {n}: client_listen {} used twice",
+                    vm.client_listen
+                ));
             }
             if vm.vcpus == 0 || vm.vcpus > 512 {
                 return bad(format!("vm {n}: vcpus must be 1..=512"));
@@ -204,7 +210,9 @@ impl HostConfig {
             let mem = chrysalis_images::recipe::parse_size(&vm.memory)
                 .map_err(|e| ConfigError(format!("vm {n}: memory: {e}")))?;
             if mem < (256 << 20) {
-                return bad(format!("vm {n}: memory below 256M cannot hold the enclave and its model"));
+                return bad(format!(
+                    "vm {n}: memory below 256M cannot hold the enclave and its model"
+                ));
             }
             if vm.platform != PlatformKind::None && vm.accelerator == Accelerator::Tcg {
                 return bad(format!(
@@ -212,8 +220,12 @@ impl HostConfig {
                     vm.platform
                 ));
             }
-            if vm.platform != PlatformKind::Snp && (vm.cpu_type.is_some() || vm.snp_policy.is_some()) {
-                return bad(format!("vm {n}: cpu_type and snp_policy are for platform snp"));
+            if vm.platform != PlatformKind::Snp
+                && (vm.cpu_type.is_some() || vm.snp_policy.is_some())
+            {
+                return bad(format!(
+                    "vm {n}: cpu_type and snp_policy are for platform snp"
+                ));
             }
             if vm.platform != PlatformKind::Tdx && vm.mr_config_id.is_some() {
                 return bad(format!("vm {n}: mr_config_id is for platform tdx"));
@@ -225,10 +237,14 @@ impl HostConfig {
             }
             if let Some(p) = vm.snp_policy {
                 if p & (1 << 19) != 0 {
-                    return bad(format!("vm {n}: snp_policy allows debugging (bit 19); refused"));
+                    return bad(format!(
+                        "vm {n}: snp_policy allows debugging (bit 19); refused"
+                    ));
                 }
                 if p & (1 << 17) == 0 {
-                    return bad(format!("vm {n}: snp_policy bit 17 (reserved, must be 1) is clear"));
+                    return bad(format!(
+                        "vm {n}: snp_policy bit 17 (reserved, must be 1) is clear"
+                    ));
                 }
             }
             for g in &vm.gpus {
@@ -278,12 +294,18 @@ mod tests {
         assert!(parse("platform = \"none\"\naccelerator = \"tcg\"").is_ok());
         assert!(parse("platform = \"tdx\"").is_ok());
         for (extra, why) in [
-            ("platform = \"tdx\"\naccelerator = \"tcg\"", "needs accelerator kvm"),
+            (
+                "platform = \"tdx\"\naccelerator = \"tcg\"",
+                "needs accelerator kvm",
+            ),
             ("platform = \"sev\"", "unknown variant"),
             ("platform = \"none\"\nfoo = 1", "unknown field"),
             ("platform = \"tdx\"\ngpus = [\"17:00.0\"]", "PCI address"),
             ("platform = \"snp\"\nsnp_policy = 0xB0000", "debugging"),
-            ("platform = \"none\"\ncpu_type = \"EPYC-Milan\"", "for platform snp"),
+            (
+                "platform = \"none\"\ncpu_type = \"EPYC-Milan\"",
+                "for platform snp",
+            ),
             ("platform = \"tdx\"\nmr_config_id = \"00\"", "96 hex"),
         ] {
             let e = parse(extra).err().map(|e| e.0).unwrap_or_default();

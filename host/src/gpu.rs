@@ -30,12 +30,16 @@ pub struct Gpu {
 
 impl Default for Sysfs {
     fn default() -> Self {
-        Sysfs { root: PathBuf::from("/sys") }
+        Sysfs {
+            root: PathBuf::from("/sys"),
+        }
     }
 }
 
 fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn link_name(p: &Path) -> Option<String> {
@@ -85,7 +89,9 @@ impl Sysfs {
             .find(|g| g.address == addr)
             .ok_or_else(|| format!("{addr}: not an NVIDIA GPU on this host"))?;
         if gpu.iommu_group.is_none() {
-            return Err(format!("{addr}: no IOMMU group (enable the IOMMU: intel_iommu=on / amd_iommu=on)"));
+            return Err(format!(
+                "{addr}: no IOMMU group (enable the IOMMU: intel_iommu=on / amd_iommu=on)"
+            ));
         }
         if gpu.driver.as_deref() == Some("vfio-pci") {
             return Ok(());
@@ -167,9 +173,18 @@ mod tests {
         assert_eq!(gpus[0].iommu_group.as_deref(), Some("42"));
         s.bind_vfio("0000:17:00.0").expect("bind");
         let dev = s.root.join("bus/pci/devices/0000:17:00.0");
-        assert_eq!(read_trim(&dev.join("driver_override")).as_deref(), Some("vfio-pci"));
-        assert_eq!(read_trim(&dev.join("driver/unbind")).as_deref(), Some("0000:17:00.0"));
-        assert_eq!(read_trim(&s.root.join("bus/pci/drivers_probe")).as_deref(), Some("0000:17:00.0"));
+        assert_eq!(
+            read_trim(&dev.join("driver_override")).as_deref(),
+            Some("vfio-pci")
+        );
+        assert_eq!(
+            read_trim(&dev.join("driver/unbind")).as_deref(),
+            Some("0000:17:00.0")
+        );
+        assert_eq!(
+            read_trim(&s.root.join("bus/pci/drivers_probe")).as_deref(),
+            Some("0000:17:00.0")
+        );
         let e = s.bind_vfio("0000:65:00.0").err().unwrap_or_default();
         assert!(e.contains("no IOMMU group"), "{e}");
         let e = s.bind_vfio("0000:18:00.0").err().unwrap_or_default();

@@ -68,7 +68,13 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     for vm in vms.iter() {
         let l = tokio::net::TcpListener::bind(vm.config.client_listen)
             .await
-            .map_err(|e| anyhow::anyhow!("vm {} client_listen {}: {e}", vm.config.name, vm.config.client_listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "vm {} client_listen {}: {e}",
+                    vm.config.name,
+                    vm.config.client_listen
+                )
+            })?;
         client_addrs.push(l.local_addr()?);
         tasks.push(tokio::spawn(relay::serve(l, vm.clone(), rx.clone())));
         tasks.push(tokio::spawn(vm::supervise(

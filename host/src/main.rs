@@ -133,16 +133,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .and_then(|ver| qemu::check_support(ver, v.platform, v.gpus.len()).map(|_| ver))
                     .and_then(|ver| vm::prepare(v, &std::env::temp_dir(), 1).map(|_| ver));
                 match res {
-                    Ok(ver) => println!("ok    vm {}: image {} verified, QEMU {ver}", v.name, v.image.display()),
+                    Ok(ver) => println!(
+                        "ok    vm {}: image {} verified, QEMU {ver}",
+                        v.name,
+                        v.image.display()
+                    ),
                     Err(e) => {
                         ok = false;
                         println!("FAIL  vm {}: {e}", v.name);
                     }
                 }
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Launch { config, vm: name, dry_run: _, json } => {
+        Command::Launch {
+            config,
+            vm: name,
+            dry_run: _,
+            json,
+        } => {
             let c = HostConfig::load(&config)?;
             let v = match &name {
                 Some(n) => c.vm(n)?,
@@ -154,9 +167,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cmd = vec![p.qemu.display().to_string()];
             cmd.extend(p.args.iter().cloned());
             if json {
-                println!("{:#}", serde_json::json!({"command": cmd, "expected": expected, "note": "host_port 0 is chosen at launch"}));
+                println!(
+                    "{:#}",
+                    serde_json::json!({"command": cmd, "expected": expected, "note": "host_port 0 is chosen at launch"})
+                );
             } else {
-                println!("# QEMU command for vm {} (the guest forward port is chosen at launch)", v.name);
+                println!(
+                    "# QEMU command for vm {} (the guest forward port is chosen at launch)",
+                    v.name
+                );
                 println!("{}", qemu::shell_quote(&cmd));
                 println!("# expected measurements");
                 println!("{expected:#}");
@@ -181,12 +200,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gpus(GpuCommand::Bind { address, sysfs }) => {
-            gpu::Sysfs { root: sysfs }.bind_vfio(&address).map_err(anyhow::Error::msg)?;
+            gpu::Sysfs { root: sysfs }
+                .bind_vfio(&address)
+                .map_err(anyhow::Error::msg)?;
             println!("{address}: bound to vfio-pci");
             Ok(ExitCode::SUCCESS)
         }
         Command::Gpus(GpuCommand::Unbind { address, sysfs }) => {
-            gpu::Sysfs { root: sysfs }.unbind_vfio(&address).map_err(anyhow::Error::msg)?;
+            gpu::Sysfs { root: sysfs }
+                .unbind_vfio(&address)
+                .map_err(anyhow::Error::msg)?;
             println!("{address}: given back to its default driver");
             Ok(ExitCode::SUCCESS)
         }
@@ -195,11 +218,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (k, v) in s.kvm_support() {
                 println!("{k:<18} {v}");
             }
-            println!("/dev/kvm           {}", if std::path::Path::new("/dev/kvm").exists() { "present" } else { "absent" });
+            println!(
+                "/dev/kvm           {}",
+                if std::path::Path::new("/dev/kvm").exists() {
+                    "present"
+                } else {
+                    "absent"
+                }
+            );
             match qemu::QemuVersion::of(&q) {
                 Ok(v) => {
                     println!("QEMU               {v}");
-                    for (p, what) in [(chrysalis_host::config::PlatformKind::Tdx, "TDX"), (chrysalis_host::config::PlatformKind::Snp, "SNP")] {
+                    for (p, what) in [
+                        (chrysalis_host::config::PlatformKind::Tdx, "TDX"),
+                        (chrysalis_host::config::PlatformKind::Snp, "SNP"),
+                    ] {
                         match qemu::check_support(v, p, 0) {
                             Ok(()) => println!("{what:<18} supported by this QEMU"),
                             Err(e) => println!("{what:<18} {e}"),
@@ -209,7 +242,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => println!("QEMU               {e}"),
             }
             match qemu::SnpHost::detect() {
-                Some(h) => println!("SEV C-bit          {} (reduced phys bits {})", h.cbitpos, h.reduced_phys_bits),
+                Some(h) => println!(
+                    "SEV C-bit          {} (reduced phys bits {})",
+                    h.cbitpos, h.reduced_phys_bits
+                ),
                 None => println!("SEV                not reported by this CPU"),
             }
             Ok(ExitCode::SUCCESS)
@@ -219,7 +255,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     } else {
         let _ = ctrl_c.await;

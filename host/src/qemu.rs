@@ -26,7 +26,11 @@ impl QemuVersion {
             .take_while(|c| c.is_ascii_digit() || *c == '.')
             .collect();
         let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
-        Some(QemuVersion(it.next()??, it.next().flatten().unwrap_or(0), it.next().flatten().unwrap_or(0)))
+        Some(QemuVersion(
+            it.next()??,
+            it.next().flatten().unwrap_or(0),
+            it.next().flatten().unwrap_or(0),
+        ))
     }
 
     /// Ask the binary.
@@ -34,7 +38,12 @@ impl QemuVersion {
         let out = std::process::Command::new(qemu)
             .arg("--version")
             .output()
-            .map_err(|e| format!("{}: {e} (install QEMU: apt-get install qemu-system-x86)", qemu.display()))?;
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (install QEMU: apt-get install qemu-system-x86)",
+                    qemu.display()
+                )
+            })?;
         QemuVersion::parse(&String::from_utf8_lossy(&out.stdout))
             .ok_or_else(|| format!("{}: cannot read its version", qemu.display()))
     }
@@ -191,8 +200,9 @@ pub fn command(l: &Launch) -> Result<Vec<String>, String> {
             if let Some(id) = &l.mr_config_id {
                 use base64::Engine as _;
                 let raw = hex::decode(id).map_err(|e| format!("mr_config_id: {e}"))?;
-                obj["mrconfigid"] =
-                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
+                obj["mrconfigid"] = serde_json::Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(raw),
+                );
             }
             machine.push_str(",kernel-irqchip=split,confidential-guest-support=tdx0");
             a.extend(["-object".into(), obj.to_string()]);
@@ -264,14 +274,21 @@ pub fn command(l: &Launch) -> Result<Vec<String>, String> {
         for (i, g) in l.gpus.iter().enumerate() {
             a.extend([
                 "-device".into(),
-                format!("pcie-root-port,id=gpurp{i},bus=pcie.0,chassis={},slot={}", i + 1, i + 1),
+                format!(
+                    "pcie-root-port,id=gpurp{i},bus=pcie.0,chassis={},slot={}",
+                    i + 1,
+                    i + 1
+                ),
                 "-device".into(),
                 format!("vfio-pci,host={g},bus=gpurp{i},iommufd=iommufd0"),
             ]);
         }
         a.extend([
             "-fw_cfg".into(),
-            format!("name=opt/ovmf/X-PciMmio64Mb,string={}", mmio64_mib(l.gpus.len())),
+            format!(
+                "name=opt/ovmf/X-PciMmio64Mb,string={}",
+                mmio64_mib(l.gpus.len())
+            ),
         ]);
     }
     a.extend([
@@ -289,8 +306,7 @@ pub fn command(l: &Launch) -> Result<Vec<String>, String> {
 pub fn shell_quote(args: &[String]) -> String {
     args.iter()
         .map(|a| {
-            if a
-                .chars()
+            if a.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c))
             {
                 a.clone()
@@ -355,7 +371,13 @@ mod tests {
     #[test]
     fn tdx_command() -> Result<(), String> {
         let a = command(&launch(PlatformKind::Tdx))?;
-        assert!(has(&a, ["-machine", "q35,accel=kvm,hpet=off,kernel-irqchip=split,confidential-guest-support=tdx0"]));
+        assert!(has(
+            &a,
+            [
+                "-machine",
+                "q35,accel=kvm,hpet=off,kernel-irqchip=split,confidential-guest-support=tdx0"
+            ]
+        ));
         assert!(has(&a, ["-bios", "/img/firmware.fd"]));
         assert!(has(&a, ["-cpu", "host"]));
         let obj = a
@@ -366,9 +388,24 @@ mod tests {
         assert_eq!(v["quote-generation-socket"]["type"], "vsock");
         assert_eq!(v["mrconfigid"].as_str().map(str::len), Some(64));
         // GPUs: one root port each, iommufd, a 64-bit window for their BARs.
-        assert!(has(&a, ["-device", "vfio-pci,host=0000:65:00.0,bus=gpurp1,iommufd=iommufd0"]));
-        assert!(has(&a, ["-fw_cfg", "name=opt/ovmf/X-PciMmio64Mb,string=589824"]));
-        assert!(has(&a, ["-drive", "file=/img/model.img,format=raw,if=none,id=model,readonly=on"]));
+        assert!(has(
+            &a,
+            [
+                "-device",
+                "vfio-pci,host=0000:65:00.0,bus=gpurp1,iommufd=iommufd0"
+            ]
+        ));
+        assert!(has(
+            &a,
+            ["-fw_cfg", "name=opt/ovmf/X-PciMmio64Mb,string=589824"]
+        ));
+        assert!(has(
+            &a,
+            [
+                "-drive",
+                "file=/img/model.img,format=raw,if=none,id=model,readonly=on"
+            ]
+        ));
         assert!(has(&a, ["-append", "console=ttyS0"]));
         Ok(())
     }
@@ -378,7 +415,13 @@ mod tests {
         let a = command(&launch(PlatformKind::Snp))?;
         assert!(has(&a, ["-object", "sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on"]));
         assert!(has(&a, ["-cpu", "EPYC-Milan"]));
-        assert!(has(&a, ["-object", "memory-backend-memfd,id=ram0,size=2048M,share=true,prealloc=false"]));
+        assert!(has(
+            &a,
+            [
+                "-object",
+                "memory-backend-memfd,id=ram0,size=2048M,share=true,prealloc=false"
+            ]
+        ));
         let mut no_sev = launch(PlatformKind::Snp);
         no_sev.snp_host = None;
         assert!(command(&no_sev).is_err());
@@ -394,16 +437,25 @@ mod tests {
         assert!(has(&a, ["-machine", "q35,accel=tcg,hpet=off"]));
         assert!(has(&a, ["-cpu", "max,la57=off"]));
         assert!(!a.iter().any(|x| x == "-bios" || x.contains("vsock")));
-        assert!(has(&a, ["-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40001-:8443"]));
+        assert!(has(
+            &a,
+            [
+                "-netdev",
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40001-:8443"
+            ]
+        ));
         Ok(())
     }
 
     #[test]
     fn versions() {
-        let v = QemuVersion::parse("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)");
+        let v =
+            QemuVersion::parse("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)");
         assert_eq!(v, Some(QemuVersion(7, 2, 22)));
         let v7 = QemuVersion(7, 2, 22);
-        let e = check_support(v7, PlatformKind::Tdx, 0).err().unwrap_or_default();
+        let e = check_support(v7, PlatformKind::Tdx, 0)
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("needs QEMU 10.1.0"), "{e}");
         assert!(check_support(v7, PlatformKind::Snp, 0).is_err());
         assert!(check_support(v7, PlatformKind::None, 0).is_ok());

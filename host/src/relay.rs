@@ -65,7 +65,11 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// Relay one connection. When either side fails, both are closed at once, so a client whose
 /// enclave died mid-answer sees its connection end (and its sealed stream without the last
 /// chunk) rather than a hang.
-pub async fn relay(client: TcpStream, guest: std::net::SocketAddr, vm: &VmHandle) -> std::io::Result<()> {
+pub async fn relay(
+    client: TcpStream,
+    guest: std::net::SocketAddr,
+    vm: &VmHandle,
+) -> std::io::Result<()> {
     let upstream = TcpStream::connect(guest).await?;
     client.set_nodelay(true)?;
     upstream.set_nodelay(true)?;

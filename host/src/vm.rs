@@ -157,8 +157,13 @@ pub struct Prepared {
 }
 
 /// Check the image and build the launch. `state_dir` holds the QMP socket and serial log.
-pub fn prepare(vm: &VmConfig, state_dir: &std::path::Path, host_port: u16) -> Result<Prepared, String> {
-    let manifest = Manifest::load(&vm.image).map_err(|e| format!("image {}: {e}", vm.image.display()))?;
+pub fn prepare(
+    vm: &VmConfig,
+    state_dir: &std::path::Path,
+    host_port: u16,
+) -> Result<Prepared, String> {
+    let manifest =
+        Manifest::load(&vm.image).map_err(|e| format!("image {}: {e}", vm.image.display()))?;
     let report = manifest.verify(&vm.image);
     if !report.ok() {
         return Err(format!(
@@ -192,7 +197,9 @@ pub fn prepare(vm: &VmConfig, state_dir: &std::path::Path, host_port: u16) -> Re
                     })
                 })
                 .map_err(|e| e.to_string())?;
-            s.cmdline = Some(chrysalis_images::manifest::simulated_cmdline(&manifest.cmdline));
+            s.cmdline = Some(chrysalis_images::manifest::simulated_cmdline(
+                &manifest.cmdline,
+            ));
             s
         }
         _ => manifest
@@ -239,7 +246,9 @@ pub fn prepare(vm: &VmConfig, state_dir: &std::path::Path, host_port: u16) -> Re
 pub fn expected_measurements(p: &Prepared) -> serde_json::Value {
     match p.launch.platform {
         PlatformKind::Tdx => match p.launch.spec.measure_tdx() {
-            Ok(m) => serde_json::json!({"platform": "tdx", "mr_td": m.mr_td, "rtmr": m.rtmr, "notes": m.notes}),
+            Ok(m) => {
+                serde_json::json!({"platform": "tdx", "mr_td": m.mr_td, "rtmr": m.rtmr, "notes": m.notes})
+            }
             Err(e) => serde_json::json!({"platform": "tdx", "error": e.to_string()}),
         },
         PlatformKind::Snp => match p.launch.spec.measure_snp() {
@@ -405,7 +414,11 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             let state = vm.state();
-            let interval = if state == VmState::Ready { Duration::from_secs(10) } else { Duration::from_secs(2) };
+            let interval = if state == VmState::Ready {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(2)
+            };
             if last_probe.elapsed() >= interval {
                 last_probe = Instant::now();
                 match probe(guest).await {
@@ -413,7 +426,10 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
                         let changed = vm
                             .bundle
                             .lock()
-                            .map(|b| b.as_ref().map(|b| &b.hpke_public_key) != Some(&bundle.hpke_public_key))
+                            .map(|b| {
+                                b.as_ref().map(|b| &b.hpke_public_key)
+                                    != Some(&bundle.hpke_public_key)
+                            })
                             .unwrap_or(true);
                         if let Ok(mut b) = vm.bundle.lock() {
                             *b = Some(bundle);
@@ -446,7 +462,14 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
         let qemu_err = stderr_task.await.unwrap_or_default();
         let clean = matches!(&outcome, Ok(s) if s.success());
         let msg = match &outcome {
-            Ok(s) => format!("QEMU exited ({s}){}", if qemu_err.is_empty() { String::new() } else { format!(": {}", qemu_err.trim()) }),
+            Ok(s) => format!(
+                "QEMU exited ({s}){}",
+                if qemu_err.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", qemu_err.trim())
+                }
+            ),
             Err(e) => format!("QEMU: {e}"),
         };
         vm.set_error(&msg);
@@ -455,7 +478,11 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
         }
         match vm.config.restart {
             RestartPolicy::Never => {
-                vm.set(if clean { VmState::Stopped } else { VmState::Failed });
+                vm.set(if clean {
+                    VmState::Stopped
+                } else {
+                    VmState::Failed
+                });
                 return;
             }
             RestartPolicy::OnFailure if clean => {
@@ -491,9 +518,15 @@ async fn drain_and_stop(vm: &VmHandle, p: &Prepared, child: &mut tokio::process:
     }
     // Ask the guest to power off, then insist.
     let _ = qmp(&p.launch.qmp_socket, "system_powerdown").await;
-    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
         let _ = qmp(&p.launch.qmp_socket, "quit").await;
-        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
             let _ = child.kill().await;
         }
     }
