@@ -81,11 +81,12 @@ image: fixtures model
 llama-ref:
 	./scripts/build-llama-ref.sh
 
-# The independent SNP launch-digest implementation we compare with.
+# The independent SNP launch-digest implementation we compare with, and the official OpenAI
+# client the gateway test drives.
 venv: .venv/stamp
 .venv/stamp: Makefile
 	python3 -m venv .venv
-	.venv/bin/pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13 lief==1.0.0
+	.venv/bin/pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13 lief==1.0.0 openai==3.51.0
 	touch .venv/stamp
 
 # Fuzz targets: their code always runs on stable (attestation/tests/fuzz_smoke.rs, part of
