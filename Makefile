@@ -104,6 +104,7 @@ fuzz-smoke:
 bench: fixtures venv model llama-ref
 	$(CARGO) bench -p chrysalis-attestation --bench verify
 	$(CARGO) bench -p chrysalis-proto --bench seal
+	$(CARGO) bench -p chrysalis-host --bench relay
 	./scripts/bench-measure.sh
 	./scripts/bench-inference.sh
 
