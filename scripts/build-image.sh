@@ -22,3 +22,12 @@ sha256sum target/image/release/chrysalis-enclave
 cargo build --locked -p chrysalis-client
 ./target/debug/chrysalis image build --recipe "$recipe" --out "$out" --cache target/fixtures/dl
 ./target/debug/chrysalis image verify "$out"
+# Reproducibility of the full recipe: build again elsewhere, later, and compare every file.
+again=$(mktemp -d)
+sleep 1
+./target/debug/chrysalis image build --recipe "$recipe" --out "$again/out" --cache target/fixtures/dl >/dev/null
+for f in "$out"/*; do
+  cmp "$f" "$again/out/$(basename "$f")" || { echo "image: $(basename "$f") differs between two builds" >&2; exit 1; }
+done
+rm -rf "$again"
+echo "image: a second build in another directory is byte-identical"
