@@ -128,6 +128,10 @@ struct AttestArgs {
     /// Print the verdict as JSON (the object `chrysalis verify --json` prints).
     #[arg(long)]
     json: bool,
+    /// After a successful verification, write a policy pinning exactly these measurements
+    /// (trust on first use, made explicit).
+    #[arg(long, value_name = "FILE")]
+    write_policy: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -294,6 +298,7 @@ fn main() -> ExitCode {
             &args.policy.policy,
             args.policy.allow_simulated,
             args.json,
+            args.write_policy,
         ),
         Command::Chat(args) => remote_cmd::chat(remote_cmd::ChatOptions {
             url: args.url,

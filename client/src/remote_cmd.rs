@@ -25,6 +25,7 @@ pub fn attest(
     policy: &Option<PathBuf>,
     allow_simulated: bool,
     json: bool,
+    write_policy: Option<PathBuf>,
 ) -> Result<ExitCode, UsageError> {
     let policy = load_policy(policy.as_deref(), allow_simulated)?;
     let rt = runtime()?;
@@ -39,6 +40,18 @@ pub fn attest(
                 eprintln!("WARNING: {SIMULATED_WARNING}");
             }
             let ok = Ok(att.verified.clone());
+            if let Some(path) = &write_policy {
+                let text = chrysalis_client::report::pinned_policy(&att.verified, &url);
+                std::fs::write(path, text).map_err(|e| UsageError {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                eprintln!(
+                    "wrote {}: it pins exactly what this enclave measured now (trust on first use: \
+                     compare it with the image's manifest before relying on it)",
+                    path.display()
+                );
+            }
             if json {
                 let mut v = verdict_json(Some(att.platform()), &ok);
                 if let Some(o) = v.as_object_mut() {

@@ -192,3 +192,35 @@ pub fn verdict_text(
     }
     s
 }
+
+/// A policy pinning the measurements of verified evidence (trust on first use, made explicit).
+pub fn pinned_policy(v: &chrysalis_attestation::VerifiedEvidence, url: &str) -> String {
+    use chrysalis_attestation::verify::Measurements;
+    let mut out = format!(
+        "# Trust on first use: the measurements {url} proved when it was verified.\n\
+         # Written by `chrysalis attest --write-policy`; compare with the image manifest.\n\
+         version = 1\n"
+    );
+    match v.measurements() {
+        Measurements::Tdx(m) => {
+            let r: Vec<String> = m.rtmr.iter().map(|x| format!("\"{}\"", hex::encode(x))).collect();
+            out.push_str(&format!(
+                "platforms = [\"tdx\"]\n\n[tdx]\nmr_td = [\"{}\"]\nrtmr = [[{}]]\n",
+                hex::encode(m.mr_td),
+                r.join(", ")
+            ));
+        }
+        Measurements::Snp(m) => out.push_str(&format!(
+            "platforms = [\"snp\"]\n\n[snp]\nmeasurement = [\"{}\"]\nhost_data = [\"{}\"]\n",
+            hex::encode(m.measurement),
+            hex::encode(m.host_data)
+        )),
+        Measurements::Simulated(m) => out.push_str(&format!(
+            "# WARNING: the SIMULATED platform is NOT CONFIDENTIAL (development only).\n\
+             platforms = [\"simulated\"]\n\n[simulated]\nmeasurement = [\"{}\"]\nconfig_digest = [\"{}\"]\n",
+            hex::encode(m.measurement),
+            hex::encode(m.config_digest)
+        )),
+    }
+    out
+}

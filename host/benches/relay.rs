@@ -64,27 +64,33 @@ fn bench(c: &mut Criterion) {
     });
     let msg = vec![7u8; 1024];
     for (name, addr) in [("direct", direct), ("relayed", relayed)] {
-        c.bench_function(&format!("request (connect + 1 KiB round trip) {name}"), |b| {
-            b.to_async(&rt).iter(|| async {
-                let mut s = TcpStream::connect(addr).await.expect("connect");
-                s.set_nodelay(true).expect("nodelay");
-                let mut buf = vec![0u8; 1024];
-                round_trip(&mut s, &msg, &mut buf).await;
-            })
-        });
+        c.bench_function(
+            &format!("request (connect + 1 KiB round trip) {name}"),
+            |b| {
+                b.to_async(&rt).iter(|| async {
+                    let mut s = TcpStream::connect(addr).await.expect("connect");
+                    s.set_nodelay(true).expect("nodelay");
+                    let mut buf = vec![0u8; 1024];
+                    round_trip(&mut s, &msg, &mut buf).await;
+                })
+            },
+        );
         let mut s = rt.block_on(async {
             let s = TcpStream::connect(addr).await.expect("connect");
             s.set_nodelay(true).expect("nodelay");
             s
         });
-        c.bench_function(&format!("chunk (1 KiB round trip, open connection) {name}"), |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let mut buf = vec![0u8; 1024];
-                    round_trip(&mut s, &msg, &mut buf).await;
+        c.bench_function(
+            &format!("chunk (1 KiB round trip, open connection) {name}"),
+            |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let mut buf = vec![0u8; 1024];
+                        round_trip(&mut s, &msg, &mut buf).await;
+                    })
                 })
-            })
-        });
+            },
+        );
     }
 }
 

@@ -96,6 +96,8 @@ pub struct VmHandle {
     pub pid: Mutex<Option<u32>>,
     /// The last failure.
     pub last_error: Mutex<Option<String>>,
+    /// Every failure and exit, oldest first (at most 32).
+    pub history: Mutex<Vec<String>>,
 }
 
 impl VmHandle {
@@ -109,6 +111,7 @@ impl VmHandle {
             counters: Counters::default(),
             pid: Mutex::new(None),
             last_error: Mutex::new(None),
+            history: Mutex::new(Vec::new()),
         })
     }
 
@@ -148,6 +151,12 @@ impl VmHandle {
         tracing::warn!(target: "chrysalis::host", vm = %self.config.name, "{e}");
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e.to_string());
+        }
+        if let Ok(mut h) = self.history.lock() {
+            if h.len() >= 32 {
+                h.remove(0);
+            }
+            h.push(e.to_string());
         }
     }
 }

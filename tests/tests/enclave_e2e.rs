@@ -294,3 +294,34 @@ fn busy_and_bad_requests_are_clear_errors_not_answers() {
         assert!(err.to_string().contains("temperature"), "{err}");
     });
 }
+
+#[test]
+fn a_written_policy_pins_exactly_what_was_verified() {
+    let Some(e) = shared_enclave() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut conn = remote::connect(&e.url(), &sim_policy(), now())
+            .await
+            .expect("attested");
+        let att = remote::attest_fresh(&mut conn, &sim_policy(), now())
+            .await
+            .expect("fresh");
+        let text = chrysalis_client::report::pinned_policy(&att.verified, &e.url());
+        assert!(text.contains("NOT CONFIDENTIAL"), "{text}");
+        let pinned = Policy::from_toml(&text).expect("the written policy parses");
+        remote::connect(&e.url(), &pinned, now())
+            .await
+            .expect("the same enclave passes its pinned policy");
+        // One changed hex digit of the measurement: refused.
+        let m = hex::encode(match att.verified.measurements() {
+            chrysalis_attestation::Measurements::Simulated(m) => m.measurement,
+            other => panic!("not simulated: {other:?}"),
+        });
+        let mut changed = m.clone().into_bytes();
+        changed[0] = if changed[0] == b'0' { b'1' } else { b'0' };
+        let other =
+            Policy::from_toml(&text.replace(&m, std::str::from_utf8(&changed).unwrap_or("")))
+                .expect("parse");
+        assert!(remote::connect(&e.url(), &other, now()).await.is_err());
+    });
+}

@@ -256,11 +256,14 @@ fn host_agent_boots_a_real_vm_serves_a_sealed_answer_and_relaunches_after_a_cras
         // The host relaunches the VM; the old keys are gone, a re-attested connection works.
         wait_for(&vm, VmState::Failed, 60).await;
         wait_for(&vm, VmState::Ready, 600).await;
-        assert_eq!(
+        let history = vm.history.lock().map(|h| h.clone()).unwrap_or_default();
+        eprintln!("VM history: {history:#?}");
+        assert!(
             vm.counters
                 .restarts
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1,
+            "no relaunch: {history:?}"
         );
         let old = remote::generate(&mut conn, &body(2), |_| {}).await;
         assert!(
