@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 use chrysalis_attestation::{Platform, Policy, Timestamp};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -222,17 +222,6 @@ async fn models(State(g): State<Arc<Gateway>>) -> Response {
             g.forget().await;
             upstream_error(&RemoteError::Status(s.message().to_string()))
         }
-    }
-}
-
-struct Json(Value);
-impl IntoResponse for Json {
-    fn into_response(self) -> Response {
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            self.0.to_string(),
-        )
-            .into_response()
     }
 }
 
@@ -483,17 +472,22 @@ fn finish_reason(u: &Value) -> String {
         .unwrap_or_else(|| "stop".into())
 }
 
-async fn check_model(g: &Gateway, a: &mut Attested, model: &str) -> Result<String, Response> {
-    let models = a
-        .client
-        .list_models(chrysalis_proto::ListModelsRequest {})
-        .await
-        .map_err(|s| upstream_error(&RemoteError::Status(s.message().to_string())))?
-        .into_inner()
-        .models;
-    let _ = g;
-    if models.iter().any(|m| m.name == model) {
-        Ok(model.to_string())
+/// The model must be one the enclave measured: its names are in the attested configuration,
+/// so no extra round trip is needed per request.
+fn check_model(a: &Attested, model: &str) -> Result<(), Response> {
+    let names: Vec<&str> = a
+        .attestation
+        .config
+        .get("models")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m.get("name").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.contains(&model) {
+        Ok(())
     } else {
         Err(error(
             StatusCode::NOT_FOUND,
@@ -501,11 +495,7 @@ async fn check_model(g: &Gateway, a: &mut Attested, model: &str) -> Result<Strin
             "model_not_found",
             format!(
                 "the model {model:?} does not exist in this enclave (GET /v1/models lists: {})",
-                models
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names.join(", ")
             ),
         ))
     }
@@ -516,7 +506,7 @@ async fn run(g: Arc<Gateway>, p: Parsed, kind: Kind) -> Response {
         Ok(a) => a,
         Err(e) => return upstream_error(&e),
     };
-    if let Err(r) = check_model(&g, &mut a, &p.model).await {
+    if let Err(r) = check_model(&a, &p.model) {
         return r;
     }
     let id = request_id(kind);

@@ -436,32 +436,14 @@ fn usage(what: &str, reason: impl std::fmt::Display) -> UsageError {
     }
 }
 
-/// Parse a size: bytes, or a number with K, M, G or T (binary units).
+/// `--memory`: bytes, or a number with K, M, G or T (binary units).
 fn parse_size(text: &str) -> Result<u64, UsageError> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => {
-                    return Err(usage(
-                        "--memory",
-                        format!("unknown unit in {text:?} (use K, M, G or T)"),
-                    ))
-                }
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| usage("--memory", format!("not a size: {text:?}")))
+    chrysalis_attestation::measure::parse_size(text).ok_or_else(|| {
+        usage(
+            "--memory",
+            format!("not a size: {text:?} (bytes, or a number with K, M, G or T)"),
+        )
+    })
 }
 
 fn measure_failed(e: chrysalis_attestation::measure::MeasureError) -> UsageError {

@@ -41,9 +41,8 @@ fn main() -> std::process::ExitCode {
             }
         };
         cli.serve.image_cmdline = Some(prepared.cmdline);
-        let code = run(cli);
+        run(cli);
         eprintln!("chrysalis-init: the enclave service stopped; powering off");
-        let _ = code;
         chrysalis_enclave::guest::sys::power_off();
     }
     run(Cli::parse())

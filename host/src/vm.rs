@@ -190,47 +190,39 @@ pub fn prepare(
             report.problems.join("; ")
         ));
     }
-    let platform = match vm.platform {
-        PlatformKind::Snp => chrysalis_attestation::measure::PlatformSpec::Snp {
-            vcpu_type: vm.cpu_type.clone().unwrap_or_else(|| "EPYC-Milan".into()),
-            guest_features: 0x1,
-            vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
-        },
-        _ => chrysalis_images::manifest::tdx_platform(),
-    };
-    let mut spec = match vm.platform {
-        PlatformKind::None => {
-            // No firmware file is used (QEMU's default BIOS boots the kernel directly).
-            let mut s = manifest
-                .vm_spec(&vm.image, platform.clone(), vm.memory_bytes(), vm.vcpus)
-                .or_else(|_| {
-                    Ok::<_, chrysalis_images::ImageError>(chrysalis_attestation::measure::VmSpec {
-                        platform,
-                        firmware: PathBuf::new(),
-                        kernel: Some(vm.image.join(chrysalis_images::build::files::KERNEL)),
-                        initrd: Some(vm.image.join(chrysalis_images::build::files::INITRD)),
-                        cmdline: Some(manifest.cmdline.clone()),
-                        memory: vm.memory_bytes(),
-                        vcpus: vm.vcpus,
-                    })
-                })
-                .map_err(|e| e.to_string())?;
-            s.cmdline = Some(chrysalis_images::manifest::simulated_cmdline(
+    let spec = match vm.platform {
+        PlatformKind::Tdx => manifest.vm_spec(
+            &vm.image,
+            chrysalis_images::manifest::tdx_platform(),
+            vm.memory_bytes(),
+            vm.vcpus,
+        ),
+        PlatformKind::Snp => manifest.vm_spec(
+            &vm.image,
+            chrysalis_attestation::measure::PlatformSpec::Snp {
+                vcpu_type: vm.cpu_type.clone().unwrap_or_else(|| "EPYC-Milan".into()),
+                guest_features: 0x1,
+                vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
+            },
+            vm.memory_bytes(),
+            vm.vcpus,
+        ),
+        // A plain VM: QEMU's default BIOS boots the kernel directly (no firmware file), with
+        // the command-line token that makes the guest run the simulator.
+        PlatformKind::None => Ok(chrysalis_attestation::measure::VmSpec {
+            platform: chrysalis_images::manifest::tdx_platform(),
+            firmware: PathBuf::new(),
+            kernel: manifest.file(&vm.image, "kernel"),
+            initrd: manifest.file(&vm.image, "initrd"),
+            cmdline: Some(chrysalis_images::manifest::simulated_cmdline(
                 &manifest.cmdline,
-            ));
-            s
-        }
-        _ => manifest
-            .vm_spec(&vm.image, platform, vm.memory_bytes(), vm.vcpus)
-            .map_err(|e| e.to_string())?,
-    };
-    if spec.kernel.is_none() {
-        spec.kernel = Some(vm.image.join(chrysalis_images::build::files::KERNEL));
+            )),
+            memory: vm.memory_bytes(),
+            vcpus: vm.vcpus,
+        }),
     }
-    let model_disk = manifest
-        .components
-        .get("model_disk")
-        .map(|c| vm.image.join(&c.file));
+    .map_err(|e| e.to_string())?;
+    let model_disk = manifest.file(&vm.image, "model_disk");
     std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let launch = Launch {
         spec,

@@ -78,8 +78,9 @@ fn ar_members(deb: &[u8]) -> Result<Vec<(String, &[u8])>, ImageError> {
     Ok(out)
 }
 
-/// Decompress by file name suffix.
-fn decompress(name: &str, data: &[u8]) -> Result<Vec<u8>, ImageError> {
+/// Decompress by file name suffix: `.xz` and `.gz` are decompressed, anything else is
+/// returned as it is. Used for `data.tar.*` members and for kernel modules (`.ko.xz`).
+pub fn decompress(name: &str, data: &[u8]) -> Result<Vec<u8>, ImageError> {
     let err = |e: String| ImageError::Package(format!("{name}: {e}"));
     let mut out = Vec::new();
     if name.ends_with(".xz") {
@@ -89,12 +90,8 @@ fn decompress(name: &str, data: &[u8]) -> Result<Vec<u8>, ImageError> {
         flate2::read::GzDecoder::new(data)
             .read_to_end(&mut out)
             .map_err(|e| err(e.to_string()))?;
-    } else if name.ends_with(".tar") {
-        out = data.to_vec();
     } else {
-        return Err(err(
-            "unsupported compression (xz, gzip and plain tar are read)".into(),
-        ));
+        out = data.to_vec();
     }
     Ok(out)
 }
@@ -116,6 +113,11 @@ pub fn read_deb(name: &str, deb: &[u8]) -> Result<DebData, ImageError> {
         .iter()
         .find(|(n, _)| n.starts_with("data.tar"))
         .ok_or_else(|| ImageError::Package(format!("{name}: no data.tar member")))?;
+    if !(member.ends_with(".tar") || member.ends_with(".tar.xz") || member.ends_with(".tar.gz")) {
+        return Err(ImageError::Package(format!(
+            "{name}: {member}: unsupported compression (xz, gzip and plain tar are read)"
+        )));
+    }
     let tar_bytes = decompress(member, data)?;
     let mut archive = tar::Archive::new(tar_bytes.as_slice());
     let mut out = DebData {

@@ -52,30 +52,17 @@ fn index(pkg: &DebData) -> BTreeMap<String, String> {
     out
 }
 
-fn decompress(path: &str, data: &[u8]) -> Result<Vec<u8>, ImageError> {
-    let mut out = Vec::new();
-    if path.ends_with(".xz") {
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut out)
-            .map_err(|e| ImageError::Package(format!("{path}: {e:?}")))?;
-    } else if path.ends_with(".gz") {
-        use std::io::Read;
-        flate2::read::GzDecoder::new(data)
-            .read_to_end(&mut out)
-            .map_err(|e| ImageError::Package(format!("{path}: {e}")))?;
-    } else {
-        out = data.to_vec();
-    }
-    Ok(out)
+fn field<const N: usize>(b: &[u8], o: usize) -> Option<[u8; N]> {
+    b.get(o..o.checked_add(N)?)?.try_into().ok()
 }
-
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+    field(b, o).map(u16::from_le_bytes)
 }
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+    field(b, o).map(u32::from_le_bytes)
 }
 fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+    field(b, o).map(u64::from_le_bytes)
 }
 
 /// The `.modinfo` section of an ELF64 little-endian object.
@@ -91,8 +78,8 @@ pub fn modinfo(elf: &[u8]) -> Option<&[u8]> {
         let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
         Some((
             u32_at(elf, h)?,
-            usize::try_from(u64_at(elf, h + 0x18)?).ok()?,
-            usize::try_from(u64_at(elf, h + 0x20)?).ok()?,
+            usize::try_from(u64_at(elf, h.checked_add(0x18)?)?).ok()?,
+            usize::try_from(u64_at(elf, h.checked_add(0x20)?)?).ok()?,
         ))
     };
     let (_, stroff, strsize) = section(shstrndx)?;
@@ -140,7 +127,7 @@ pub fn resolve(pkg: &DebData, wanted: &[String]) -> Result<Vec<Module>, ImageErr
             ))
         })?;
         let (raw, _) = pkg.file(path)?;
-        let data = decompress(path, raw)?;
+        let data = crate::deb::decompress(path, raw)?;
         let deps = depends(&data).map_err(|e| ImageError::Package(format!("{path}: {e}")))?;
         todo.extend(deps.iter().cloned());
         let out_path = path

@@ -12,7 +12,6 @@ use chrysalis_attestation::policy::{PolicyFile, SimulatedFile, SnpFile, TcbFile,
 use chrysalis_attestation::Platform;
 use chrysalis_proto::guest::{GuestConfig, GUEST_CONFIG_PATH};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha384};
 
 use crate::build::files;
 use crate::cpio::Node;
@@ -265,7 +264,8 @@ impl Manifest {
             .map_err(|e| ImageError::Manifest(e.to_string()))
     }
 
-    fn file(&self, dir: &Path, role: &str) -> Option<PathBuf> {
+    /// The path of a component (`kernel`, `initrd`, `model_disk`, ...) in the image directory.
+    pub fn file(&self, dir: &Path, role: &str) -> Option<PathBuf> {
         self.components.get(role).map(|c| dir.join(&c.file))
     }
 
@@ -575,11 +575,6 @@ pub(crate) fn hex48(s: &str) -> Result<[u8; 48], ImageError> {
     let v = hex::decode(s).map_err(|e| ImageError::Manifest(format!("{s:?}: {e}")))?;
     v.try_into()
         .map_err(|_| ImageError::Manifest(format!("{s:?}: expected 48 bytes")))
-}
-
-/// SHA-384, hex.
-pub fn sha384_hex(data: &[u8]) -> String {
-    hex::encode(Sha384::digest(data))
 }
 
 fn measurement_differences(want: &Expected, got: &Expected) -> Vec<String> {

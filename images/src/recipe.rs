@@ -227,6 +227,9 @@ impl Recipe {
             sources.push((s, "firmware.snp"));
         }
         for l in &self.libraries {
+            if matches!(l, Source::File { .. }) {
+                return bad("libraries come from packages (their path in the package is their path in the image)".into());
+            }
             sources.push((l, "libraries"));
         }
         for (s, what) in sources {
@@ -318,29 +321,11 @@ pub fn parse_address(s: &str) -> Result<(std::net::Ipv4Addr, u8), ImageError> {
     Ok((addr, prefix))
 }
 
-/// Parse a memory size: bytes, or with a K/M/G/T suffix (binary units).
+/// Parse a memory size (see `chrysalis_attestation::measure::parse_size`).
 pub fn parse_size(s: &str) -> Result<u64, ImageError> {
-    let err = || ImageError::Recipe(format!("size {s:?}: expected e.g. 2G, 512M, 1073741824"));
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(err()),
-            };
-            (t.get(..i).ok_or_else(err)?, m)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let v = n.checked_mul(mult).ok_or_else(err)?;
-    if v == 0 {
-        return Err(err());
-    }
-    Ok(v)
+    chrysalis_attestation::measure::parse_size(s).ok_or_else(|| {
+        ImageError::Recipe(format!("size {s:?}: expected e.g. 2G, 512M, 1073741824"))
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! A real VM: the host agent boots QEMU (TCG) from an image built by the image code (Debian's
-//! kernel, the enclave built from this tree as /init, the default model on its own disk), the
+//! A real VM: the host agent boots QEMU (TCG) from an image built by the image code from the
+//! default recipe (Debian's kernel, the enclave built from this tree as /init, the default model on its own disk), the
 //! enclave inside runs the simulator; a client attests through the host agent's relay and gets
 //! a streamed answer to a sealed prompt. Then QEMU is killed mid-answer: the client gets an
 //! error, the host relaunches the VM, and after re-attesting (new keys) the next request works.
@@ -42,75 +42,20 @@ fn require(what: &str, ok: bool) -> bool {
     false
 }
 
-fn recipe(dir: &Path, enclave: &Path, model: &Path, fixtures: &Path) -> PathBuf {
-    let text = format!(
-        r#"
-name = "chrysalis-vm-test"
-source_date_epoch = 1767225600
-cmdline = "console=ttyS0 panic=-1 loglevel=4"
-libraries = [
-  {{ package = "libc6", path = "usr/lib/x86_64-linux-gnu/libc.so.6" }},
-  {{ package = "libc6", path = "usr/lib/x86_64-linux-gnu/libm.so.6" }},
-  {{ package = "libc6", path = "usr/lib64/ld-linux-x86-64.so.2" }},
-  {{ package = "libgcc-s1", path = "usr/lib/x86_64-linux-gnu/libgcc_s.so.1" }},
-]
-
-[archive]
-mirror = "https://deb.debian.org/debian"
-
-[[package]]
-name = "linux-image-6.12.107+deb13-cloud-amd64"
-version = "6.12.107-1"
-path = "pool/main/l/linux-signed-amd64/linux-image-6.12.107+deb13-cloud-amd64_6.12.107-1_amd64.deb"
-sha256 = "04434ff520f860423eafe4203d986a35682ce73c2f71baa39e988ca0da93ac91"
-
-[[package]]
-name = "ovmf"
-version = "2025.02-8"
-path = "pool/main/e/edk2/ovmf_2025.02-8_all.deb"
-sha256 = "d82312d863b18aebde958133144185c45685d3c6e1d217b4969913d713c05bf7"
-
-[[package]]
-name = "libc6"
-version = "2.41-12+deb13u4"
-path = "pool/main/g/glibc/libc6_2.41-12+deb13u4_amd64.deb"
-sha256 = "967aa62605721081c3eb2a17650611a792aa802d76a6511d1840242623d204c9"
-
-[[package]]
-name = "libgcc-s1"
-version = "14.2.0-19"
-path = "pool/main/g/gcc-14/libgcc-s1_14.2.0-19_amd64.deb"
-sha256 = "3c71917b490d1a17aed43196a2787a256ecf060526cdb20216a74bedc061b150"
-
-[kernel]
-image = {{ package = "linux-image-6.12.107+deb13-cloud-amd64", path = "boot/vmlinuz-6.12.107+deb13-cloud-amd64" }}
-modules_package = "linux-image-6.12.107+deb13-cloud-amd64"
-modules = ["virtio_net", "virtio_blk"]
-
-[firmware]
-tdx = {{ package = "ovmf", path = "usr/share/ovmf/OVMF.fd" }}
-
-[enclave]
-binary = "{enclave}"
-args = ["--tee", "auto", "--listen", "0.0.0.0:8443", "--max-active", "2"]
-
-[model]
-file = "{model}"
-sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-[network]
-interface = "eth0"
-address = "10.0.2.15/24"
-
-[[shape]]
-platform = "tdx"
-memory = "2G"
-vcpus = [2]
-"#,
-        enclave = enclave.display(),
-        model = model.display(),
+/// The default recipe (images/default.toml, the pins `make image` uses), with the debug
+/// enclave this test run built and the fetched model.
+fn recipe(dir: &Path, enclave: &Path, model: &Path) -> PathBuf {
+    let default = std::fs::read_to_string(workspace().join("images/default.toml"))
+        .expect("images/default.toml");
+    let binary = "binary = \"../target/image/release/chrysalis-enclave\"";
+    let model_file = "file = \"../models/SmolLM2-135M-Instruct.Q4_1.gguf\"";
+    assert!(
+        default.contains(binary) && default.contains(model_file),
+        "default recipe changed"
     );
-    let _ = fixtures;
+    let text = default
+        .replace(binary, &format!("binary = \"{}\"", enclave.display()))
+        .replace(model_file, &format!("file = \"{}\"", model.display()));
     let p = dir.join("vm-test.toml");
     std::fs::write(&p, text).expect("write recipe");
     p
@@ -161,7 +106,7 @@ fn host_agent_boots_a_real_vm_serves_a_sealed_answer_and_relaunches_after_a_cras
     }
     let work = tempfile::tempdir().expect("tempdir");
     let image = work.path().join("image");
-    let recipe = recipe(work.path(), &enclave, &model, &fixtures);
+    let recipe = recipe(work.path(), &enclave, &model);
     let manifest = chrysalis_images::build(
         &recipe,
         &chrysalis_images::BuildOptions {

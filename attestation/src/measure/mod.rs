@@ -118,6 +118,29 @@ pub struct VmSpec {
     pub vcpus: u32,
 }
 
+/// A memory size: bytes, or a number with K, M, G or T (binary units). `None` when it is not
+/// a positive size.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return None,
+            };
+            (t.get(..i)?, m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+}
+
 fn read(path: &PathBuf) -> Result<Vec<u8>, MeasureError> {
     std::fs::read(path).map_err(|source| MeasureError::Io {
         path: path.clone(),

@@ -23,10 +23,7 @@ pub struct SimulatedDevice {
 impl SimulatedDevice {
     /// A simulator whose "launch measurement" is the SHA-384 of this executable.
     pub fn new() -> Self {
-        let measurement = std::env::current_exe()
-            .and_then(std::fs::read)
-            .map(|b| Sha384::digest(&b).into())
-            .unwrap_or([0; 48]);
+        let measurement = exe_sha384();
         tracing::warn!(target: "chrysalis::tee", "{WARNING}");
         Self {
             measurement,
@@ -39,13 +36,12 @@ impl SimulatedDevice {
     /// command line (`chrysalis_attestation::simulated::image_measurement`), the value the
     /// image manifest publishes.
     pub fn for_image(kernel_cmdline: &str) -> Self {
-        let exe: [u8; 48] = std::env::current_exe()
-            .and_then(std::fs::read)
-            .map(|b| Sha384::digest(&b).into())
-            .unwrap_or([0; 48]);
         tracing::warn!(target: "chrysalis::tee", "{WARNING}");
         Self {
-            measurement: chrysalis_attestation::simulated::image_measurement(&exe, kernel_cmdline),
+            measurement: chrysalis_attestation::simulated::image_measurement(
+                &exe_sha384(),
+                kernel_cmdline,
+            ),
             config_digest: Mutex::new([0; 48]),
         }
     }
@@ -53,6 +49,15 @@ impl SimulatedDevice {
     pub fn measurement(&self) -> [u8; 48] {
         self.measurement
     }
+}
+
+/// SHA-384 of this process's binary (zeros when it cannot be read: the simulator proves nothing
+/// either way).
+fn exe_sha384() -> [u8; 48] {
+    std::env::current_exe()
+        .and_then(std::fs::read)
+        .map(|b| Sha384::digest(&b).into())
+        .unwrap_or([0; 48])
 }
 
 impl Default for SimulatedDevice {
