@@ -60,7 +60,10 @@ demo-verify:
 test: fixtures venv model test-rust fuzz-smoke
 
 # Tests that need the fetched firmware or the reference tool fail (not skip) under make test.
+# The VM test boots the debug enclave binary, which `cargo test` does not build for another
+# package's tests: build it first.
 test-rust:
+	$(CARGO) build -p chrysalis-enclave --bin chrysalis-enclave
 	CHRYSALIS_REQUIRE_FIXTURES=1 CHRYSALIS_REQUIRE_REFERENCE=1 $(CARGO) test --workspace
 
 # Real firmware for the measurement tests, pinned by SHA-256 (Debian archive, crates.io).
