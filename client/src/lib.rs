@@ -6,6 +6,7 @@
 //! connection to an enclave (`remote`) and the OpenAI-compatible gateway (`gateway`).
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod collateral;
 pub mod gateway;
 pub mod inputs;

@@ -3,7 +3,6 @@
 //! Exit status: 0 accepted, 1 rejected, 2 a file could not be read or the command was misused.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -138,8 +137,15 @@ struct AttestArgs {
 struct ChatArgs {
     /// The enclave (or relay): https://HOST:PORT
     url: String,
-    /// The prompt.
-    prompt: String,
+    /// The prompt. Without one: a conversation at a terminal (or with --interactive), else
+    /// standard input is read as the prompt.
+    prompt: Option<String>,
+    /// Hold a conversation on standard input (one line per turn; /reset, /attest, /exit).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Print the answer, its usage and the verdict as one JSON object instead of streaming.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     policy: RemotePolicyArgs,
     /// Most tokens in the answer.
@@ -303,6 +309,8 @@ fn main() -> ExitCode {
         Command::Chat(args) => remote_cmd::chat(remote_cmd::ChatOptions {
             url: args.url,
             prompt: args.prompt,
+            interactive: args.interactive,
+            json: args.json,
             policy: args.policy.policy,
             allow_simulated: args.policy.allow_simulated,
             max_tokens: args.max_tokens,
@@ -419,7 +427,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, UsageError> {
     } else {
         print!(
             "{}",
-            verdict_text(platform, &result, std::io::stdout().is_terminal())
+            verdict_text(platform, &result, chrysalis_client::report::stdout_colour())
         );
     }
     Ok(if result.is_ok() {

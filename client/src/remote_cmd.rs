@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrysalis_attestation::Platform;
+use chrysalis_client::chat::{converse, ChatSettings, Display};
 use chrysalis_client::inputs::{load_policy, now, UsageError};
 use chrysalis_client::remote::{self, AnswerPiece};
 use chrysalis_client::report::{rejection_json, verdict_json, verdict_text, SIMULATED_WARNING};
@@ -69,7 +70,11 @@ pub fn attest(
             } else {
                 print!(
                     "{}",
-                    verdict_text(Some(att.platform()), &ok, std::io::stdout().is_terminal())
+                    verdict_text(
+                        Some(att.platform()),
+                        &ok,
+                        chrysalis_client::report::stdout_colour()
+                    )
                 );
                 println!("enclave:     {url}");
                 println!("hpke key:    {}", hex::encode(att.hpke_public_key));
@@ -105,52 +110,143 @@ pub fn attest(
 #[derive(Debug)]
 pub struct ChatOptions {
     pub url: String,
-    pub prompt: String,
+    /// The prompt; `None` reads standard input (a conversation at a terminal or with
+    /// `interactive`, else all of it as one prompt).
+    pub prompt: Option<String>,
+    pub interactive: bool,
     pub policy: Option<PathBuf>,
     pub allow_simulated: bool,
     pub max_tokens: usize,
     pub model: String,
     pub temperature: f64,
     pub system: Option<String>,
+    pub json: bool,
 }
 
-/// `chrysalis chat URL PROMPT`.
-pub fn chat(o: ChatOptions) -> Result<ExitCode, UsageError> {
-    let policy = load_policy(o.policy.as_deref(), o.allow_simulated)?;
-    let rt = runtime()?;
-    let now = now();
-    let mut messages = Vec::new();
-    if let Some(s) = &o.system {
-        messages.push(serde_json::json!({"role": "system", "content": s}));
+fn usage(what: &str, reason: impl Into<String>) -> UsageError {
+    UsageError {
+        path: what.into(),
+        reason: reason.into(),
     }
-    messages.push(serde_json::json!({"role": "user", "content": o.prompt}));
-    let body = serde_json::json!({
-        "model": o.model,
-        "messages": messages,
-        "params": {"temperature": o.temperature, "max_tokens": o.max_tokens, "top_p": 1.0, "top_k": 0, "seed": 0, "stop": []},
-    });
-    let result = rt.block_on(async {
-        let mut conn = remote::connect(&o.url, &policy, now).await?;
+}
+
+/// `chrysalis chat URL [PROMPT]`.
+pub fn chat(o: ChatOptions) -> Result<ExitCode, UsageError> {
+    let settings = ChatSettings {
+        url: o.url.clone(),
+        policy: load_policy(o.policy.as_deref(), o.allow_simulated)?,
+        model: o.model.clone(),
+        temperature: o.temperature,
+        max_tokens: o.max_tokens,
+        system: o.system.clone(),
+    };
+    let stdin_tty = std::io::stdin().is_terminal();
+    let prompt = match (&o.prompt, o.interactive) {
+        (Some(_), true) => return Err(usage("chat", "give a prompt or --interactive, not both")),
+        (Some(p), false) => Some(p.clone()),
+        (None, false) if !stdin_tty => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| usage("standard input", e.to_string()))?;
+            if text.trim().is_empty() {
+                return Err(usage(
+                    "standard input",
+                    "no prompt: give one as an argument, pipe one in, or use --interactive",
+                ));
+            }
+            Some(text)
+        }
+        (None, _) => None,
+    };
+    if prompt.is_none() && o.json {
+        return Err(usage(
+            "chat",
+            "--json answers one prompt: give the prompt as an argument or on standard input",
+        ));
+    }
+    let rt = runtime()?;
+    let Some(prompt) = prompt else {
+        let display = Display {
+            prompts: stdin_tty,
+            colour: std::io::stderr().is_terminal() && chrysalis_client::report::colour_allowed(),
+        };
+        let outcome = rt
+            .block_on(converse(
+                &settings,
+                std::io::stdin().lock(),
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+                display,
+            ))
+            .map_err(|e| usage("terminal", e.to_string()))?;
+        return Ok(if outcome.rejected.is_none() && outcome.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    };
+    rt.block_on(one_shot(&settings, o.json, prompt))
+}
+
+async fn one_shot(s: &ChatSettings, json: bool, prompt: String) -> Result<ExitCode, UsageError> {
+    let mut messages = s.first_messages();
+    messages.push(serde_json::json!({"role": "user", "content": prompt}));
+    let body = s.body(&messages);
+    drop(messages);
+    let mut answer = String::new();
+    let mut platform = None;
+    let result = async {
+        let mut conn = remote::connect(&s.url, &s.policy, now()).await?;
+        platform = Some(conn.attestation.platform());
         if conn.attestation.platform() == Platform::Simulated {
             eprintln!("WARNING: {SIMULATED_WARNING}");
         }
         let mut out = std::io::stdout().lock();
-        remote::generate(&mut conn, &body, |p| {
+        let usage = remote::generate(&mut conn, &body, |p| {
             if let AnswerPiece::Text(t) = p {
-                let _ = out.write_all(t.as_bytes());
-                let _ = out.flush();
+                if json {
+                    answer.push_str(t);
+                } else {
+                    let _ = out.write_all(t.as_bytes());
+                    let _ = out.flush();
+                }
             }
         })
-        .await
-    });
+        .await?;
+        Ok::<_, remote::RemoteError>((usage, conn.attestation))
+    }
+    .await;
     match result {
-        Ok(_) => {
-            println!();
+        Ok((usage, att)) => {
+            if json {
+                let mut v = verdict_json(Some(att.platform()), &Ok(att.verified.clone()));
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("enclave".into(), serde_json::json!(s.url));
+                    obj.insert("answer".into(), serde_json::json!(answer));
+                    obj.insert("usage".into(), usage);
+                }
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!();
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!();
-            eprintln!("chrysalis chat: {e}");
+            if json {
+                let mut v = rejection_json(platform, &e.to_string());
+                if platform.is_some() {
+                    // Verified, then the answer failed: say which.
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("verdict".into(), serde_json::json!("accepted"));
+                        obj.insert("error".into(), serde_json::json!(e.to_string()));
+                        obj.remove("reason");
+                    }
+                }
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!();
+                eprintln!("chrysalis chat: {e}");
+            }
             Ok(ExitCode::from(1))
         }
     }

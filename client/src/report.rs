@@ -91,6 +91,20 @@ fn platform_name(p: Platform) -> &'static str {
     }
 }
 
+/// Whether colour may be used at all: `NO_COLOR` (any non-empty value, <https://no-color.org>)
+/// turns it off, as does `TERM=dumb`.
+pub fn colour_allowed() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    !no_color && !dumb
+}
+
+/// Colour for standard output: a terminal, and colour allowed.
+pub fn stdout_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && colour_allowed()
+}
+
 /// A summary a person can check at a glance, verdict first.
 pub fn verdict_text(
     platform: Option<Platform>,

@@ -325,3 +325,94 @@ fn a_written_policy_pins_exactly_what_was_verified() {
         assert!(remote::connect(&e.url(), &other, now()).await.is_err());
     });
 }
+
+fn chat_settings(url: String, policy: Policy) -> chrysalis_client::chat::ChatSettings {
+    chrysalis_client::chat::ChatSettings {
+        url,
+        policy,
+        model: String::new(),
+        temperature: 0.0,
+        max_tokens: 6,
+        system: Some("Be brief.".into()),
+    }
+}
+
+async fn generate_requests(url: &str) -> u64 {
+    let mut conn = remote::connect(url, &sim_policy(), now())
+        .await
+        .expect("attested");
+    conn.client
+        .health(HealthRequest {})
+        .await
+        .expect("health")
+        .into_inner()
+        .generate_requests
+}
+
+#[test]
+fn a_conversation_verifies_first_keeps_its_turns_and_obeys_its_commands() {
+    use chrysalis_client::chat::{converse, Display, Outcome};
+    let Some(e) = start_enclave(1, 2) else { return };
+    rt().block_on(async {
+        let input =
+            "Say hello.\n/attest\n/reset\n\n   \nName a colour.\n/exit\nThis line is never sent.\n";
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let outcome = converse(
+            &chat_settings(e.url(), sim_policy()),
+            input.as_bytes(),
+            &mut out,
+            &mut err,
+            Display::default(),
+        )
+        .await
+        .expect("conversation");
+        let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+        assert_eq!(
+            outcome,
+            Outcome {
+                answered: 2,
+                failed: 0,
+                rejected: None
+            },
+            "{err}"
+        );
+        // Two answers, one per line, each with text.
+        let answers: Vec<&str> = out.lines().collect();
+        assert_eq!(answers.len(), 2, "{out:?}");
+        assert!(answers.iter().all(|a| !a.trim().is_empty()), "{out:?}");
+        // Verified before the first turn, shown again on /attest, loud about the simulator.
+        assert_eq!(err.matches("ACCEPTED").count(), 2, "{err}");
+        assert!(err.contains("SIMULATED TEE"), "{err}");
+        assert!(err.contains("(conversation cleared)"), "{err}");
+        // Blank lines and commands are not turns; nothing after /exit is sent.
+        assert_eq!(generate_requests(&e.url()).await, 2);
+    });
+}
+
+#[test]
+fn a_conversation_with_a_failing_policy_sends_nothing() {
+    use chrysalis_client::chat::{converse, Display};
+    let Some(e) = start_enclave(1, 1) else { return };
+    rt().block_on(async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let outcome = converse(
+            &chat_settings(e.url(), Policy::baseline()),
+            "A secret question.\nAnother.\n".as_bytes(),
+            &mut out,
+            &mut err,
+            Display::default(),
+        )
+        .await
+        .expect("conversation");
+        let err = String::from_utf8_lossy(&err);
+        assert_eq!(outcome.answered, 0);
+        let reason = outcome.rejected.expect("rejected");
+        assert!(reason.to_lowercase().contains("simulat"), "{reason}");
+        assert!(
+            err.contains("REJECTED") && err.contains("nothing was sent"),
+            "{err}"
+        );
+        assert!(out.is_empty());
+        assert_eq!(generate_requests(&e.url()).await, 0);
+    });
+}
