@@ -606,6 +606,11 @@ pub async fn serve(
     g: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Server-sent events are small writes: send each at once.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(g))
         .with_graceful_shutdown(shutdown)
         .await

@@ -405,6 +405,8 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
             url: url.into(),
             message: e.to_string(),
         })?;
+    // Small frames (sealed chunks, HTTP/2 acks) must not wait for Nagle and delayed ACKs.
+    let _ = tcp.set_nodelay(true);
     let tls = connector.connect(server_name.clone(), tcp).await;
     let attestation = match (tls, verifier.outcome()) {
         (Ok(stream), Some(Ok(a))) => {
@@ -442,6 +444,7 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
             let expected = expected_spki.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
                 let tls = conn.connect(name, tcp).await?;
                 match v2.outcome() {
                     Some(Ok(a)) if a.bundle.tls_spki_sha256 == expected => {}
@@ -534,6 +537,7 @@ pub async fn connect_unverified(
             let conn = connector.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
                 let name = ServerName::try_from("enclave")
                     .map_err(std::io::Error::other)?
                     .to_owned();

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use chrysalis_inference::scheduler::EventStream;
 use chrysalis_inference::{Event, GenerateRequest, InferenceError, Scheduler};
 use chrysalis_proto::enclave_server::{Enclave, EnclaveServer};
 use chrysalis_proto::seal::SealError;
@@ -44,17 +45,52 @@ pub enum ChunkBody {
     },
 }
 
+/// What answers a request: the scheduler (the model) in the enclave. Benchmarks of what
+/// surrounds the model (RA-TLS, sealing, the gateway) put a fixed-text source here, so the
+/// model's own time does not drown what they measure.
+pub trait Answerer: Send + Sync + 'static {
+    /// The models served.
+    fn models(&self) -> Vec<ModelInfo>;
+    /// Validate and start a request; its events arrive on the stream.
+    fn submit(&self, req: &GenerateRequest) -> Result<EventStream, InferenceError>;
+    /// Requests waiting to start.
+    fn queued(&self) -> usize;
+}
+
+impl Answerer for Scheduler {
+    fn models(&self) -> Vec<ModelInfo> {
+        self.engine()
+            .models()
+            .map(|m| ModelInfo {
+                name: m.identity.name.clone(),
+                sha256: m.identity.sha256.to_vec(),
+                size: m.identity.size,
+                architecture: m.identity.architecture.clone(),
+                context_length: u32::try_from(m.identity.context_length).unwrap_or(u32::MAX),
+            })
+            .collect()
+    }
+
+    fn submit(&self, req: &GenerateRequest) -> Result<EventStream, InferenceError> {
+        Scheduler::submit(self, req)
+    }
+
+    fn queued(&self) -> usize {
+        Scheduler::queued(self)
+    }
+}
+
 /// The service state.
 #[derive(Debug)]
-pub struct EnclaveService {
+pub struct EnclaveService<A = Scheduler> {
     identity: Arc<Identity>,
-    scheduler: Arc<Scheduler>,
+    scheduler: Arc<A>,
     generate_requests: std::sync::atomic::AtomicU64,
 }
 
-impl EnclaveService {
+impl<A: Answerer> EnclaveService<A> {
     /// A service.
-    pub fn new(identity: Arc<Identity>, scheduler: Arc<Scheduler>) -> Self {
+    pub fn new(identity: Arc<Identity>, scheduler: Arc<A>) -> Self {
         Self {
             identity,
             scheduler,
@@ -95,7 +131,7 @@ fn identity_status(e: &IdentityError) -> Status {
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<SealedChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl Enclave for EnclaveService {
+impl<A: Answerer> Enclave for EnclaveService<A> {
     async fn attest(
         &self,
         request: Request<AttestRequest>,
@@ -113,18 +149,7 @@ impl Enclave for EnclaveService {
         &self,
         _: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        let models = self
-            .scheduler
-            .engine()
-            .models()
-            .map(|m| ModelInfo {
-                name: m.identity.name.clone(),
-                sha256: m.identity.sha256.to_vec(),
-                size: m.identity.size,
-                architecture: m.identity.architecture.clone(),
-                context_length: u32::try_from(m.identity.context_length).unwrap_or(u32::MAX),
-            })
-            .collect();
+        let models = self.scheduler.models();
         Ok(Response::new(ListModelsResponse { models }))
     }
 
@@ -258,10 +283,10 @@ pub fn tls_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::E
 }
 
 /// Serve on `listener` until `shutdown` resolves.
-pub async fn serve(
+pub async fn serve<A: Answerer>(
     listener: tokio::net::TcpListener,
     identity: Arc<Identity>,
-    scheduler: Arc<Scheduler>,
+    scheduler: Arc<A>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&identity)?));
@@ -273,6 +298,9 @@ pub async fn serve(
             let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
+            // Sealed chunks are small: without this, Nagle and the peer's delayed ACK hold
+            // each one back by up to 40 ms.
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let conn_tx = conn_tx.clone();
             tokio::spawn(async move {

@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrysalis_enclave::gpu::NoGpu;
 use chrysalis_enclave::identity::{EnclaveConfig, Identity};
+use chrysalis_enclave::server::Answerer;
 use chrysalis_enclave::tee::simulated::SimulatedDevice;
-use chrysalis_inference::{load_default, Engine, LoadOptions, Scheduler, SchedulerConfig};
+use chrysalis_inference::{
+    load_default, Engine, LoadOptions, ModelIdentity, Scheduler, SchedulerConfig,
+};
 
 /// Everything the process logged (all targets, debug and above), for leak checks.
 pub fn captured_logs() -> String {
@@ -79,11 +82,31 @@ pub fn start_enclave(max_active: usize, max_queued: usize) -> Option<TestEnclave
         }
     };
     let engine = Engine::single(model);
+    let models = engine.models().map(|m| m.identity.clone()).collect();
+    let scheduler = Arc::new(Scheduler::start(
+        Arc::new(engine),
+        SchedulerConfig {
+            max_active,
+            max_queued,
+        },
+    ));
+    Some(serve_simulated(scheduler, models, max_active, max_queued))
+}
+
+/// Serve `answerer` as an enclave with the simulated TEE (real keys, evidence, RA-TLS and
+/// sealing) on 127.0.0.1:0, on its own two-thread runtime. `models` go into the measured
+/// configuration.
+pub fn serve_simulated<A: Answerer>(
+    answerer: Arc<A>,
+    models: Vec<ModelIdentity>,
+    max_active: usize,
+    max_queued: usize,
+) -> TestEnclave {
     let config = EnclaveConfig {
         format: "chrysalis-enclave-config/v1",
         enclave_version: "test",
         tee: "simulated".into(),
-        models: engine.models().map(|m| m.identity.clone()).collect(),
+        models,
         max_active,
         max_queued,
         binding_version: chrysalis_proto::binding::BINDING_VERSION,
@@ -97,13 +120,6 @@ pub fn start_enclave(max_active: usize, max_queued: usize) -> Option<TestEnclave
         )
         .expect("identity"),
     );
-    let scheduler = Arc::new(Scheduler::start(
-        Arc::new(engine),
-        SchedulerConfig {
-            max_active,
-            max_queued,
-        },
-    ));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,15 +135,15 @@ pub fn start_enclave(max_active: usize, max_queued: usize) -> Option<TestEnclave
             let _ = chrysalis_enclave::server::serve(
                 listener,
                 identity,
-                scheduler,
+                answerer,
                 std::future::pending(),
             )
             .await;
         });
     });
-    Some(TestEnclave {
+    TestEnclave {
         addr: rx.recv().expect("enclave started"),
-    })
+    }
 }
 
 /// The enclave shared by the tests of one binary.
