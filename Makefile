@@ -108,6 +108,7 @@ bench: fixtures venv model llama-ref
 	$(CARGO) bench -p chrysalis-attestation --bench verify
 	$(CARGO) bench -p chrysalis-proto --bench seal
 	$(CARGO) bench -p chrysalis-host --bench relay
+	$(CARGO) bench -p chrysalis-tests --bench gateway
 	./scripts/bench-measure.sh
 	./scripts/bench-inference.sh
 

@@ -589,15 +589,46 @@ async fn run(g: Arc<Gateway>, p: Parsed, kind: Kind) -> Response {
             }
         }
     });
-    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        Body::from_stream(stream),
+        Body::from_stream(Coalesce(rx)),
     )
         .into_response()
+}
+
+/// The events of a stream as body frames: whatever is ready when the connection asks goes out
+/// as one frame (one write), so a burst of chunks from the enclave does not cost a write and a
+/// wake-up each; a lone event goes out alone and at once.
+struct Coalesce(tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, std::convert::Infallible>>);
+
+impl tokio_stream::Stream for Coalesce {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let first = match self.0.poll_recv(cx) {
+            std::task::Poll::Ready(Some(Ok(b))) => b,
+            other => return other,
+        };
+        let mut more = Vec::new();
+        while let Ok(Ok(b)) = self.0.try_recv() {
+            more.push(b);
+        }
+        if more.is_empty() {
+            return std::task::Poll::Ready(Some(Ok(first)));
+        }
+        let mut out = Vec::with_capacity(first.len() + more.iter().map(Bytes::len).sum::<usize>());
+        out.extend_from_slice(&first);
+        for b in more {
+            out.extend_from_slice(&b);
+        }
+        std::task::Poll::Ready(Some(Ok(Bytes::from(out))))
+    }
 }
 
 /// Serve until `shutdown` resolves.

@@ -2,18 +2,20 @@
 //! per streamed chunk, and the requests per second it sustains with 64 concurrent clients.
 //!
 //! Both paths reach the same enclave server (simulated TEE: real keys, RA-TLS, HPKE sealing,
-//! gRPC) whose model is replaced by a fixed-text answerer: one token per chunk, as many as
-//! `max_tokens` asks, at no cost. What is left is everything around the model, which is what
-//! the gateway adds to. Everything runs on this machine's cores together (client, gateway,
-//! enclave). `cargo bench -p chrysalis-tests --bench gateway`; results in BENCHMARKS.md.
+//! gRPC) whose model is replaced by a fixed-text answerer that costs nothing, so what is left is
+//! everything around the model, which is what the gateway adds to. Chunks come either all at
+//! once (a burst: throughput of the path) or one every millisecond (decoding's cadence: each
+//! chunk then travels alone, and its delivery latency, from the enclave handing it over to the
+//! client reading it, is measured). Client, gateway and enclave share this machine's cores.
+//! `cargo bench -p chrysalis-tests --bench gateway`; results in BENCHMARKS.md.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrysalis_attestation::Policy;
 use chrysalis_client::gateway::{Gateway, GatewayConfig};
 use chrysalis_client::inputs::now;
-use chrysalis_client::remote::{self, Attested};
+use chrysalis_client::remote::{self, AnswerPiece, Attested};
 use chrysalis_enclave::server::Answerer;
 use chrysalis_inference::scheduler::EventStream;
 use chrysalis_inference::{
@@ -23,7 +25,18 @@ use chrysalis_proto::ModelInfo;
 
 const MODEL: &str = "fixed-text";
 
-/// Answers `max_tokens` tokens of fixed text at once.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since `base()`.
+fn stamp() -> u64 {
+    u64::try_from(base().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Answers `max_tokens` tokens, each one's text the moment it was handed over (`stamp()`).
+/// The request's seed is, for this answerer only, the spacing of the tokens in µs (0: a burst).
 #[derive(Debug)]
 struct FixedText;
 
@@ -41,19 +54,29 @@ impl Answerer for FixedText {
     fn submit(&self, req: &GenerateRequest) -> Result<EventStream, InferenceError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let n = req.params.max_tokens.max(1);
-        for i in 0..n {
-            let _ = tx.send(Ok(Event::Token {
-                id: u32::try_from(i).unwrap_or(0),
-                text: " word".into(),
-            }));
-        }
-        let _ = tx.send(Ok(Event::Done(Usage {
-            finish_reason: FinishReason::Length,
-            prompt_tokens: 8,
-            completion_tokens: n,
-            ttft_ms: 0.0,
-            decode_tokens_per_s: 0.0,
-        })));
+        let spacing = Duration::from_micros(req.params.seed);
+        let run = async move {
+            for i in 0..n {
+                if !spacing.is_zero() {
+                    tokio::time::sleep(spacing).await;
+                }
+                let token = Event::Token {
+                    id: u32::try_from(i).unwrap_or(0),
+                    text: format!(" {}", stamp()),
+                };
+                if tx.send(Ok(token)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(Event::Done(Usage {
+                finish_reason: FinishReason::Length,
+                prompt_tokens: 8,
+                completion_tokens: n,
+                ttft_ms: 0.0,
+                decode_tokens_per_s: 0.0,
+            })));
+        };
+        tokio::spawn(run);
         Ok(rx)
     }
 
@@ -62,50 +85,96 @@ impl Answerer for FixedText {
     }
 }
 
-fn sealed_body(max_tokens: usize) -> serde_json::Value {
+fn sealed_body(max_tokens: usize, spacing_us: u64) -> serde_json::Value {
     serde_json::json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": "Benchmark prompt."}],
-        "params": {"temperature": 0.0, "max_tokens": max_tokens, "top_p": 1.0, "top_k": 0, "seed": 0, "stop": []},
+        "params": {"temperature": 0.0, "max_tokens": max_tokens, "top_p": 1.0, "top_k": 0, "seed": spacing_us, "stop": []},
     })
 }
 
-fn openai_body(max_tokens: usize, stream: bool) -> String {
+fn openai_body(max_tokens: usize, stream: bool, spacing_us: u64) -> String {
     serde_json::json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": "Benchmark prompt."}],
         "max_tokens": max_tokens,
+        "seed": spacing_us,
         "stream": stream,
     })
     .to_string()
 }
 
-async fn direct(conn: &mut Attested, max_tokens: usize) {
+/// A sealed call straight to the enclave; the delivery latency of each chunk is added to `lag`.
+async fn direct(conn: &mut Attested, max_tokens: usize, spacing_us: u64, lag: &mut Vec<f64>) {
     let mut pieces = 0usize;
-    remote::generate(conn, &sealed_body(max_tokens), |_| pieces += 1)
-        .await
-        .expect("direct answer");
+    remote::generate(conn, &sealed_body(max_tokens, spacing_us), |p| {
+        pieces += 1;
+        if let AnswerPiece::Text(t) = p {
+            let arrived = stamp();
+            if let Ok(sent) = t.trim().parse::<u64>() {
+                lag.push(arrived.saturating_sub(sent) as f64 / 1e3);
+            }
+        }
+    })
+    .await
+    .expect("direct answer");
     assert_eq!(pieces, max_tokens + 1, "every chunk and the end");
 }
 
-async fn via_gateway(http: &reqwest::Client, url: &str, max_tokens: usize, stream: bool) {
+/// The same through the gateway (OpenAI API; SSE when `stream`).
+async fn via_gateway(
+    http: &reqwest::Client,
+    url: &str,
+    max_tokens: usize,
+    stream: bool,
+    spacing_us: u64,
+    lag: &mut Vec<f64>,
+) {
     let mut resp = http
         .post(url)
         .header("content-type", "application/json")
-        .body(openai_body(max_tokens, stream))
+        .body(openai_body(max_tokens, stream, spacing_us))
         .send()
         .await
         .expect("gateway request");
     assert!(resp.status().is_success(), "{}", resp.status());
     let mut body = Vec::new();
+    let mut seen = 0usize;
     while let Some(c) = resp.chunk().await.expect("gateway body") {
+        let arrived = stamp();
         body.extend_from_slice(&c);
+        if !stream {
+            continue;
+        }
+        // Every complete event that arrived now: its content is when the enclave sent it.
+        let text = String::from_utf8_lossy(&body);
+        let events: Vec<&str> = text.split("\n\n").collect();
+        let complete = events.len() - 1;
+        for e in &events[seen..complete] {
+            let content = e
+                .strip_prefix("data: ")
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                .and_then(|v| {
+                    v["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                });
+            if let Some(sent) = content.and_then(|c| c.trim().parse::<u64>().ok()) {
+                lag.push(arrived.saturating_sub(sent) as f64 / 1e3);
+            }
+        }
+        seen = complete;
     }
     if stream {
         assert!(body.ends_with(b"data: [DONE]\n\n"), "stream not finished");
     } else {
-        assert!(body.windows(5).any(|w| w == b" word"), "no answer");
+        assert!(body.starts_with(b"{"), "no answer");
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Median and mean of `iters` timed runs of an async expression (after `iters / 10` warm-up
@@ -121,9 +190,8 @@ macro_rules! time {
             $run.await;
             us.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        us.sort_by(f64::total_cmp);
         let mean = us.iter().sum::<f64>() / us.len() as f64;
-        (us[us.len() / 2], mean)
+        (median(us), mean)
     }};
 }
 
@@ -132,7 +200,8 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let iters = if quick { 20 } else { 2000 };
     let load_secs = if quick { 1 } else { 10 };
-    let stream_tokens = 64;
+    let burst = 64;
+    base();
 
     let models = vec![ModelIdentity {
         name: MODEL.into(),
@@ -176,31 +245,62 @@ fn main() {
         let mut conn = remote::connect(&upstream, &policy, now())
             .await
             .expect("direct connection verifies");
+        let mut lag = Vec::new();
 
-        println!("gateway benchmark: {iters} requests per figure, microseconds (median / mean)");
-        let d1 = time!(iters, direct(&mut conn, 1));
-        let g1 = time!(iters, via_gateway(&http, &gw, 1, false));
-        let ds = time!(iters, direct(&mut conn, stream_tokens));
-        let gs = time!(iters, via_gateway(&http, &gw, stream_tokens, true));
+        println!("gateway benchmark, microseconds (median / mean)");
+        let d1 = time!(iters, direct(&mut conn, 1, 0, &mut lag));
+        let g1 = time!(iters, via_gateway(&http, &gw, 1, false, 0, &mut lag));
+        let ds = time!(iters, direct(&mut conn, burst, 0, &mut lag));
+        let gs = time!(iters, via_gateway(&http, &gw, burst, true, 0, &mut lag));
         let row = |name: &str, (med, mean): (f64, f64)| {
-            println!("  {name:<44} {med:>9.1} / {mean:>9.1}");
+            println!("  {name:<52} {med:>9.1} / {mean:>9.1}");
         };
-        row("direct sealed call, 1 chunk", d1);
+        row(&format!("direct sealed call, 1 chunk ({iters} calls)"), d1);
         row("through the gateway, 1 chunk (JSON)", g1);
-        row(&format!("direct sealed call, {stream_tokens} chunks"), ds);
         row(
-            &format!("through the gateway, {stream_tokens} chunks (SSE)"),
+            &format!("direct sealed call, a burst of {burst} chunks"),
+            ds,
+        );
+        row(
+            &format!("through the gateway, a burst of {burst} chunks (SSE)"),
             gs,
         );
-        let per_request = g1.0 - d1.0;
-        let per_chunk = ((gs.0 - g1.0) - (ds.0 - d1.0)) / (stream_tokens - 1) as f64;
-        println!("  added by the gateway per request (median)    {per_request:>9.1}");
-        println!("  added by the gateway per streamed chunk      {per_chunk:>9.2}");
+        println!(
+            "  added by the gateway per request                     {:>9.1}",
+            g1.0 - d1.0
+        );
+        println!(
+            "  added by the gateway per chunk, in a burst           {:>9.2}",
+            ((gs.0 - g1.0) - (ds.0 - d1.0)) / (burst - 1) as f64
+        );
+
+        // Chunks 1 ms apart: each travels alone. Delivery latency of every chunk.
+        let (n, spaced) = (16usize, 1000u64);
+        let calls = iters / 20;
+        let mut d_lag = Vec::new();
+        let mut g_lag = Vec::new();
+        for _ in 0..calls.max(1) {
+            direct(&mut conn, n, spaced, &mut d_lag).await;
+            via_gateway(&http, &gw, n, true, spaced, &mut g_lag).await;
+        }
+        let (dm, gm) = (median(d_lag.clone()), median(g_lag.clone()));
+        println!(
+            "  chunk delivery, 1 ms apart ({} chunks): direct       {dm:>9.1}",
+            d_lag.len()
+        );
+        println!(
+            "  chunk delivery, 1 ms apart ({} chunks): gateway      {gm:>9.1}",
+            g_lag.len()
+        );
+        println!(
+            "  added by the gateway per chunk, one at a time        {:>9.1}",
+            gm - dm
+        );
 
         // 64 clients, each its own connection, as many requests as they can for a while.
         for (label, stream, tokens) in [
             ("64 clients, 1-chunk JSON answers", false, 1usize),
-            ("64 clients, 16-chunk SSE answers", true, 16),
+            ("64 clients, 16-chunk SSE answers (burst)", true, 16),
         ] {
             let deadline = Instant::now() + Duration::from_secs(load_secs);
             let t0 = Instant::now();
@@ -213,8 +313,9 @@ fn main() {
                         .build()
                         .expect("http client");
                     let mut n = 0u64;
+                    let mut lag = Vec::new();
                     while Instant::now() < deadline {
-                        via_gateway(&http, &gw, tokens, stream).await;
+                        via_gateway(&http, &gw, tokens, stream, 0, &mut lag).await;
                         n += 1;
                     }
                     n
@@ -225,7 +326,7 @@ fn main() {
                 total += t.await.expect("client task");
             }
             let rps = total as f64 / t0.elapsed().as_secs_f64();
-            println!("  {label:<44} {rps:>9.0} requests/s ({total} in {load_secs} s)");
+            println!("  {label:<52} {rps:>9.0} requests/s ({total} in {load_secs} s)");
         }
     });
 }
