@@ -11,6 +11,7 @@ use std::io::{BufRead, Write};
 use chrysalis_attestation::Policy;
 use serde_json::{json, Value};
 
+use crate::collateral::CollateralSource;
 use crate::inputs::now;
 use crate::remote::{self, AnswerPiece, Attested, RemoteError};
 use crate::report::verdict_text;
@@ -30,6 +31,8 @@ pub struct ChatSettings {
     pub max_tokens: usize,
     /// A system message at the start of every conversation.
     pub system: Option<String>,
+    /// Where endorsements come from when the enclave's bundle lacks them.
+    pub collateral: CollateralSource,
 }
 
 impl ChatSettings {
@@ -128,7 +131,9 @@ pub async fn converse(
             .as_ref()
             .is_none_or(|s| now() >= s.attestation.verified.expires_at());
         if expired {
-            match remote::connect(&settings.url, &settings.policy, now()).await {
+            match remote::connect_with(&settings.url, &settings.policy, now(), &settings.collateral)
+                .await
+            {
                 Ok(conn) => {
                     // The verdict carries the simulator's warning when it applies.
                     show_verdict(err, &conn, display.colour)?;

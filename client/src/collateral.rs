@@ -257,6 +257,62 @@ impl CollateralStore {
     }
 }
 
+/// Where a remote enclave's endorsements come from when its evidence bundle lacks them (an
+/// enclave cannot reach Intel PCS or AMD KDS itself).
+#[derive(Clone, Debug, Default)]
+pub enum CollateralSource {
+    /// Only what the bundle carries.
+    #[default]
+    Bundle,
+    /// The host agent's cache: its `GET /v1/attestation`, at this base URL (`http://HOST:PORT`,
+    /// optionally with `?vm=NAME`). The host is untrusted; what it serves is verified like
+    /// anything else (signed by Intel or AMD).
+    Host(String),
+    /// Intel PCS (or a PCCS) and AMD KDS, through this on-disk cache.
+    Store(CollateralStore),
+}
+
+/// Whether a bundle lacks what its evidence needs to verify: Intel collateral for a TDX quote,
+/// the VCEK for an SNP report.
+pub fn bundle_lacks_endorsements(bundle: &chrysalis_proto::EvidenceBundle) -> bool {
+    match chrysalis_proto::Platform::try_from(bundle.platform) {
+        Ok(chrysalis_proto::Platform::Tdx) => bundle.tdx_collateral_json.is_empty(),
+        Ok(chrysalis_proto::Platform::Snp) => bundle.vcek_der.is_empty(),
+        _ => false,
+    }
+}
+
+/// Fill in what `bundle` lacks from `store` (cached, else fetched unless offline): Intel
+/// collateral for a TDX quote; the VCEK and, when absent, the ASK/ARK chain for an SNP report.
+/// Blocking (network and disk). Returns whether anything was added.
+pub fn complete_bundle(
+    bundle: &mut chrysalis_proto::EvidenceBundle,
+    store: &CollateralStore,
+    now: Timestamp,
+) -> Result<bool, CollateralError> {
+    if !bundle_lacks_endorsements(bundle) {
+        return Ok(false);
+    }
+    let evidence = chrysalis_attestation::Evidence::from_bytes(&bundle.evidence)
+        .map_err(|e| CollateralError::Evidence(e.to_string()))?;
+    match evidence {
+        chrysalis_attestation::Evidence::Tdx(q) => {
+            let c = store.tdx(&q, now)?;
+            bundle.tdx_collateral_json =
+                serde_json::to_vec(&c).map_err(|e| CollateralError::Evidence(e.to_string()))?;
+        }
+        chrysalis_attestation::Evidence::Snp(r) => {
+            let (vcek, chain) = store.snp(&r)?;
+            bundle.vcek_der = vcek;
+            if bundle.cert_chain_pem.is_empty() {
+                bundle.cert_chain_pem = chain.unwrap_or_default();
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -36,11 +36,14 @@ pub struct GatewayConfig {
     pub session_ttl: Duration,
     /// Clock (tests pin it); `None` reads the wall clock.
     pub now: Option<Timestamp>,
+    /// Where endorsements come from when the enclave's bundle lacks them.
+    pub collateral: crate::collateral::CollateralSource,
 }
 
 struct Session {
     client: chrysalis_proto::v1::enclave_client::EnclaveClient<tonic::transport::Channel>,
     attestation: PeerAttestation,
+    endorsements: chrysalis_attestation::verify::Endorsements,
     verified_at: Instant,
     verified_at_utc: Timestamp,
 }
@@ -135,6 +138,7 @@ impl Gateway {
                 return Ok(Attested {
                     client: s.client.clone(),
                     attestation: s.attestation.clone(),
+                    endorsements: s.endorsements.clone(),
                 });
             }
             tracing::info!(target: "chrysalis::gateway", "verification expired; verifying again");
@@ -142,7 +146,13 @@ impl Gateway {
         *guard = None;
         let now = self.now();
         let result = async {
-            let mut a = remote::connect(&self.config.upstream, &self.config.policy, now).await?;
+            let mut a = remote::connect_with(
+                &self.config.upstream,
+                &self.config.policy,
+                now,
+                &self.config.collateral,
+            )
+            .await?;
             let fresh = remote::attest_fresh(&mut a, &self.config.policy, now).await?;
             a.attestation = fresh;
             Ok::<_, RemoteError>(a)
@@ -158,6 +168,7 @@ impl Gateway {
                 *guard = Some(Session {
                     client: a.client.clone(),
                     attestation: a.attestation.clone(),
+                    endorsements: a.endorsements.clone(),
                     verified_at: Instant::now(),
                     verified_at_utc: now,
                 });

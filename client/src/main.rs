@@ -116,6 +116,36 @@ struct RemotePolicyArgs {
     /// Also accept the development simulator (NOT CONFIDENTIAL).
     #[arg(long)]
     allow_simulated: bool,
+    /// Take the vendor's endorsements (TDX collateral, SNP VCEK) the enclave's evidence lacks
+    /// from the host agent's cache: its API, http://HOST:PORT[?vm=NAME]. Default: Intel PCS /
+    /// AMD KDS through the local cache.
+    #[arg(long, value_name = "URL")]
+    collateral_from: Option<String>,
+    /// Never fetch endorsements from the network; use the cache only.
+    #[arg(long)]
+    offline: bool,
+    /// PCCS or Intel PCS base URL for TDX collateral.
+    #[arg(long, value_name = "URL", env = "PCCS_URL")]
+    pccs_url: Option<String>,
+    /// Collateral cache directory.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl RemotePolicyArgs {
+    fn collateral(&self) -> chrysalis_client::collateral::CollateralSource {
+        use chrysalis_client::collateral::{CollateralSource, CollateralStore};
+        match &self.collateral_from {
+            Some(url) => CollateralSource::Host(url.clone()),
+            None => CollateralSource::Store(CollateralStore::new(
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(CollateralStore::default_dir),
+                self.pccs_url.clone(),
+                self.offline,
+            )),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -301,12 +331,14 @@ fn main() -> ExitCode {
         Command::Eventlog(args) => eventlog(args),
         Command::Attest(args) => remote_cmd::attest(
             args.url,
+            args.policy.collateral(),
             &args.policy.policy,
             args.policy.allow_simulated,
             args.json,
             args.write_policy,
         ),
         Command::Chat(args) => remote_cmd::chat(remote_cmd::ChatOptions {
+            collateral: args.policy.collateral(),
             url: args.url,
             prompt: args.prompt,
             interactive: args.interactive,
@@ -321,6 +353,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => remote_cmd::gateway(
             args.listen,
             args.upstream,
+            args.policy.collateral(),
             &args.policy.policy,
             args.policy.allow_simulated,
             args.session_ttl,

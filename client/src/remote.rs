@@ -9,8 +9,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::collateral::CollateralSource;
 use chrysalis_attestation::measure::eventlog::replay_json;
-use chrysalis_attestation::verify::Measurements;
+use chrysalis_attestation::verify::{Endorsements, Measurements};
 use chrysalis_attestation::{
     Evidence, Platform, Policy, Timestamp, VerifiedEvidence, Verifier, VerifyError,
 };
@@ -93,6 +94,50 @@ pub fn verify_bundle(
     policy: &Policy,
     now: Timestamp,
 ) -> Result<PeerAttestation, RemoteError> {
+    verify_bundle_endorsed(
+        bundle,
+        tls_spki_sha256,
+        nonce,
+        policy,
+        now,
+        &Endorsements::default(),
+    )
+}
+
+/// The endorsements a bundle carries (Intel collateral; VCEK and chain).
+pub fn bundle_endorsements(bundle: &EvidenceBundle) -> Result<Endorsements, RemoteError> {
+    let mut endorsements = Endorsements::default();
+    if !bundle.tdx_collateral_json.is_empty() {
+        endorsements.tdx_collateral = Some(
+            serde_json::from_slice(&bundle.tdx_collateral_json)
+                .map_err(|e| reject(format!("TDX collateral: {e}")))?,
+        );
+    }
+    if !bundle.vcek_der.is_empty() {
+        endorsements.vcek = Some(
+            chrysalis_attestation::snp::parse_certificate("VCEK", &bundle.vcek_der)
+                .map_err(|e| reject(e.to_string()))?,
+        );
+    }
+    if !bundle.cert_chain_pem.is_empty() {
+        endorsements.cert_chain =
+            chrysalis_attestation::snp::parse_pem_chain(&bundle.cert_chain_pem)
+                .map_err(|e| reject(e.to_string()))?;
+    }
+    Ok(endorsements)
+}
+
+/// [`verify_bundle`], with `fallback` supplying what the bundle does not carry (collateral from
+/// the host's cache, Intel PCS or AMD KDS: signed by the vendor, so it needs no trust in who
+/// served it).
+pub fn verify_bundle_endorsed(
+    bundle: &EvidenceBundle,
+    tls_spki_sha256: &[u8; 32],
+    nonce: &[u8],
+    policy: &Policy,
+    now: Timestamp,
+    fallback: &Endorsements,
+) -> Result<PeerAttestation, RemoteError> {
     if bundle.version != 1 {
         return Err(reject(format!(
             "unsupported bundle version {}",
@@ -118,23 +163,15 @@ pub fn verify_bundle(
             evidence.platform()
         )));
     }
-    let mut endorsements = chrysalis_attestation::verify::Endorsements::default();
-    if !bundle.tdx_collateral_json.is_empty() {
-        endorsements.tdx_collateral = Some(
-            serde_json::from_slice(&bundle.tdx_collateral_json)
-                .map_err(|e| reject(format!("TDX collateral: {e}")))?,
-        );
+    let mut endorsements = bundle_endorsements(bundle)?;
+    if endorsements.tdx_collateral.is_none() {
+        endorsements.tdx_collateral = fallback.tdx_collateral.clone();
     }
-    if !bundle.vcek_der.is_empty() {
-        endorsements.vcek = Some(
-            chrysalis_attestation::snp::parse_certificate("VCEK", &bundle.vcek_der)
-                .map_err(|e| reject(e.to_string()))?,
-        );
+    if endorsements.vcek.is_none() {
+        endorsements.vcek = fallback.vcek.clone();
     }
-    if !bundle.cert_chain_pem.is_empty() {
-        endorsements.cert_chain =
-            chrysalis_attestation::snp::parse_pem_chain(&bundle.cert_chain_pem)
-                .map_err(|e| reject(e.to_string()))?;
+    if endorsements.cert_chain.is_empty() {
+        endorsements.cert_chain = fallback.cert_chain.clone();
     }
     let verified = Verifier::new()
         .verify(&evidence, &endorsements, policy, now)
@@ -253,6 +290,8 @@ type HandshakeOutcome = Result<(PeerAttestation, Vec<u8>), String>;
 pub struct RaTlsVerifier {
     policy: Policy,
     now: Timestamp,
+    fallback: Endorsements,
+    seen: Mutex<Option<EvidenceBundle>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     outcome: Mutex<Option<HandshakeOutcome>>,
 }
@@ -263,9 +302,22 @@ impl RaTlsVerifier {
         Self {
             policy,
             now,
+            fallback: Endorsements::default(),
+            seen: Mutex::new(None),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             outcome: Mutex::new(None),
         }
+    }
+
+    /// Supply what a peer's bundle lacks (see [`verify_bundle_endorsed`]).
+    pub fn with_endorsements(mut self, fallback: Endorsements) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// The bundle the peer presented, verified or not.
+    pub fn seen_bundle(&self) -> Option<EvidenceBundle> {
+        self.seen.lock().ok()?.clone()
     }
 
     /// What the handshake proved (or why it failed).
@@ -301,7 +353,18 @@ impl ServerCertVerifier for RaTlsVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let result = parse_ratls_cert(end_entity).and_then(|(bundle, spki_sha256, spki)| {
-            verify_bundle(&bundle, &spki_sha256, &[], &self.policy, self.now).map(|a| (a, spki))
+            if let Ok(mut seen) = self.seen.lock() {
+                *seen = Some(bundle.clone());
+            }
+            verify_bundle_endorsed(
+                &bundle,
+                &spki_sha256,
+                &[],
+                &self.policy,
+                self.now,
+                &self.fallback,
+            )
+            .map(|a| (a, spki))
         });
         let ok = result.is_ok();
         let reason = |e: &RemoteError| match e {
@@ -376,12 +439,120 @@ pub struct Attested {
     pub client: EnclaveClient<tonic::transport::Channel>,
     /// What the peer proved in the handshake.
     pub attestation: PeerAttestation,
+    /// Endorsements from outside the bundle it was verified with (for fresh evidence too).
+    pub endorsements: Endorsements,
 }
 
-/// Connect to `url`, verifying the enclave in the TLS handshake.
+/// Connect to `url`, verifying the enclave in the TLS handshake with the endorsements its
+/// bundle carries.
 pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attested, RemoteError> {
+    connect_with(url, policy, now, &CollateralSource::Bundle).await
+}
+
+/// Connect to `url`, verifying the enclave in the TLS handshake; when its bundle lacks the
+/// vendor's endorsements (a TDX quote's collateral, an SNP report's VCEK), take them from
+/// `source` and handshake again.
+pub async fn connect_with(
+    url: &str,
+    policy: &Policy,
+    now: Timestamp,
+    source: &CollateralSource,
+) -> Result<Attested, RemoteError> {
+    let (err, seen) = match connect_once(url, policy, now, Endorsements::default()).await {
+        Ok(a) => return Ok(a),
+        Err(e) => e,
+    };
+    let lacking = seen.filter(crate::collateral::bundle_lacks_endorsements);
+    let (Some(bundle), false) = (lacking, matches!(source, CollateralSource::Bundle)) else {
+        return Err(err);
+    };
+    let fallback = endorsements_from(source, &bundle, now).await?;
+    connect_once(url, policy, now, fallback)
+        .await
+        .map_err(|(e, _)| e)
+}
+
+/// Endorsements for `bundle`'s evidence from `source`.
+pub async fn endorsements_from(
+    source: &CollateralSource,
+    bundle: &EvidenceBundle,
+    now: Timestamp,
+) -> Result<Endorsements, RemoteError> {
+    let no = |m: String| reject(format!("the evidence has no endorsements with it and {m}"));
+    match source {
+        CollateralSource::Bundle => Ok(Endorsements::default()),
+        CollateralSource::Store(store) => {
+            let (store, mut b) = (store.clone(), bundle.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::collateral::complete_bundle(&mut b, &store, now).map(|_| b)
+            })
+            .await
+            .map_err(|e| no(e.to_string()))?
+            .map_err(|e| no(e.to_string()))
+            .and_then(|b| bundle_endorsements(&b))
+        }
+        CollateralSource::Host(base) => {
+            let served = host_bundle(base)
+                .await
+                .map_err(|e| no(format!("the host's collateral ({base}): {e}")))?;
+            if served.platform != bundle.platform {
+                return Err(no(format!("the host ({base}) serves another platform's")));
+            }
+            bundle_endorsements(&served)
+        }
+    }
+}
+
+/// The evidence bundle a host agent serves (`GET /v1/attestation`), collateral included.
+pub async fn host_bundle(base: &str) -> Result<EvidenceBundle, String> {
+    use prost::Message;
+    let url = match base.split_once('?') {
+        Some((b, q)) => format!("{}/v1/attestation?{q}", b.trim_end_matches('/')),
+        None => format!("{}/v1/attestation", base.trim_end_matches('/')),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!(
+            "HTTP {status}: {}",
+            v.get("error").and_then(|e| e.as_str()).unwrap_or("")
+        ));
+    }
+    if let Some(e) = v.get("collateral_error").and_then(|e| e.as_str()) {
+        return Err(format!("the host could not get it: {e}"));
+    }
+    let hexed = v
+        .get("bundle_protobuf")
+        .and_then(|b| b.as_str())
+        .ok_or("no bundle_protobuf in the answer")?;
+    let bytes = hex::decode(hexed).map_err(|e| e.to_string())?;
+    EvidenceBundle::decode(bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+/// One connection attempt; on failure, also the bundle the peer presented (if any).
+async fn connect_once(
+    url: &str,
+    policy: &Policy,
+    now: Timestamp,
+    fallback: Endorsements,
+) -> Result<Attested, (RemoteError, Option<EvidenceBundle>)> {
+    let verifier = Arc::new(RaTlsVerifier::new(policy.clone(), now).with_endorsements(fallback));
+    connect_verified(url, &verifier)
+        .await
+        .map_err(|e| (e, verifier.seen_bundle()))
+}
+
+async fn connect_verified(
+    url: &str,
+    verifier: &Arc<RaTlsVerifier>,
+) -> Result<Attested, RemoteError> {
     let (host, port) = parse_url(url)?;
-    let verifier = Arc::new(RaTlsVerifier::new(policy.clone(), now));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -465,6 +636,7 @@ pub async fn connect(url: &str, policy: &Policy, now: Timestamp) -> Result<Attes
     Ok(Attested {
         client: EnclaveClient::new(channel),
         attestation,
+        endorsements: verifier.fallback.clone(),
     })
 }
 
@@ -577,7 +749,7 @@ pub async fn attest_fresh(
         .as_slice()
         .try_into()
         .map_err(|_| reject("bad TLS key hash"))?;
-    let fresh = verify_bundle(&bundle, &spki, &nonce, policy, now)?;
+    let fresh = verify_bundle_endorsed(&bundle, &spki, &nonce, policy, now, &a.endorsements)?;
     if fresh.hpke_public_key != a.attestation.hpke_public_key {
         return Err(reject(
             "fresh evidence names another HPKE key than the handshake's",

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use chrysalis_attestation::Platform;
 use chrysalis_client::chat::{converse, ChatSettings, Display};
+use chrysalis_client::collateral::CollateralSource;
 use chrysalis_client::inputs::{load_policy, now, UsageError};
 use chrysalis_client::remote::{self, AnswerPiece};
 use chrysalis_client::report::{rejection_json, verdict_json, verdict_text, SIMULATED_WARNING};
@@ -23,6 +24,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, UsageError> {
 /// `chrysalis attest URL`.
 pub fn attest(
     url: String,
+    collateral: CollateralSource,
     policy: &Option<PathBuf>,
     allow_simulated: bool,
     json: bool,
@@ -32,7 +34,7 @@ pub fn attest(
     let rt = runtime()?;
     let now = now();
     let result = rt.block_on(async {
-        let mut conn = remote::connect(&url, &policy, now).await?;
+        let mut conn = remote::connect_with(&url, &policy, now, &collateral).await?;
         remote::attest_fresh(&mut conn, &policy, now).await
     });
     match result {
@@ -110,6 +112,7 @@ pub fn attest(
 #[derive(Debug)]
 pub struct ChatOptions {
     pub url: String,
+    pub collateral: CollateralSource,
     /// The prompt; `None` reads standard input (a conversation at a terminal or with
     /// `interactive`, else all of it as one prompt).
     pub prompt: Option<String>,
@@ -139,6 +142,7 @@ pub fn chat(o: ChatOptions) -> Result<ExitCode, UsageError> {
         temperature: o.temperature,
         max_tokens: o.max_tokens,
         system: o.system.clone(),
+        collateral: o.collateral.clone(),
     };
     let stdin_tty = std::io::stdin().is_terminal();
     let prompt = match (&o.prompt, o.interactive) {
@@ -196,7 +200,7 @@ async fn one_shot(s: &ChatSettings, json: bool, prompt: String) -> Result<ExitCo
     let mut answer = String::new();
     let mut platform = None;
     let result = async {
-        let mut conn = remote::connect(&s.url, &s.policy, now()).await?;
+        let mut conn = remote::connect_with(&s.url, &s.policy, now(), &s.collateral).await?;
         platform = Some(conn.attestation.platform());
         if conn.attestation.platform() == Platform::Simulated {
             eprintln!("WARNING: {SIMULATED_WARNING}");
@@ -257,6 +261,7 @@ async fn one_shot(s: &ChatSettings, json: bool, prompt: String) -> Result<ExitCo
 pub fn gateway(
     listen: std::net::SocketAddr,
     upstream: String,
+    collateral: CollateralSource,
     policy: &Option<PathBuf>,
     allow_simulated: bool,
     session_ttl: u64,
@@ -280,6 +285,7 @@ pub fn gateway(
             policy,
             session_ttl: std::time::Duration::from_secs(session_ttl.max(1)),
             now: None,
+            collateral,
         });
         match g.verify().await {
             Ok(()) => eprintln!("gateway: {upstream} verified against the policy"),

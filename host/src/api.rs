@@ -19,6 +19,10 @@ use crate::vm::{VmHandle, VmState};
 pub struct Api {
     /// The VMs.
     pub vms: Arc<Vec<Arc<VmHandle>>>,
+    /// Where the endorsements an enclave's bundle lacks come from (`None`: served as is).
+    pub collateral: Option<chrysalis_client::collateral::CollateralStore>,
+    /// Clock for collateral expiry (tests pin it); `None` reads the wall clock.
+    pub now: Option<chrysalis_attestation::Timestamp>,
 }
 
 /// The router.
@@ -80,6 +84,8 @@ fn bundle_json(b: &chrysalis_proto::EvidenceBundle) -> serde_json::Value {
         "tls_spki_sha256": hex::encode(&b.tls_spki_sha256),
         "nonce": hex::encode(&b.nonce),
         "binding_version": b.binding_version,
+        "tdx_collateral": !b.tdx_collateral_json.is_empty(),
+        "vcek": !b.vcek_der.is_empty(),
         "config_json": String::from_utf8_lossy(&b.config_json),
         "bundle_protobuf": hex::encode(b.encode_to_vec()),
         "note": "relayed by the untrusted host agent: verify it yourself (`chrysalis attest` does)",
@@ -145,10 +151,45 @@ async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) 
             }
         },
     };
+    let (bundle, collateral_error) = complete(&api, bundle).await;
     vm.counters
         .attestation_fetches
         .fetch_add(1, Ordering::Relaxed);
-    json(StatusCode::OK, bundle_json(&bundle))
+    let mut v = bundle_json(&bundle);
+    if let (Some(e), Some(o)) = (collateral_error, v.as_object_mut()) {
+        // Said, never hidden: the client then needs collateral from elsewhere.
+        o.insert("collateral_error".into(), serde_json::json!(e));
+    }
+    json(StatusCode::OK, v)
+}
+
+/// Add the endorsements the bundle lacks from the host's collateral cache (fetching them on a
+/// miss). On failure the bundle goes out as it was, with the reason.
+async fn complete(
+    api: &Api,
+    mut bundle: chrysalis_proto::EvidenceBundle,
+) -> (chrysalis_proto::EvidenceBundle, Option<String>) {
+    use chrysalis_client::collateral::{bundle_lacks_endorsements, complete_bundle};
+    let Some(store) = api.collateral.clone() else {
+        return (bundle, None);
+    };
+    if !bundle_lacks_endorsements(&bundle) {
+        return (bundle, None);
+    }
+    let original = bundle.clone();
+    let now = api.now.unwrap_or_else(chrysalis_client::inputs::now);
+    let done = tokio::task::spawn_blocking(move || {
+        complete_bundle(&mut bundle, &store, now).map(|_| bundle)
+    })
+    .await;
+    match done {
+        Ok(Ok(b)) => (b, None),
+        Ok(Err(e)) => {
+            tracing::warn!(target: "chrysalis::host", error = %e, "no collateral for the evidence");
+            (original, Some(e.to_string()))
+        }
+        Err(e) => (original, Some(e.to_string())),
+    }
 }
 
 /// Prometheus text exposition of every VM's state and counters.

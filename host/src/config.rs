@@ -28,6 +28,38 @@ pub struct HostConfig {
     /// The VMs.
     #[serde(rename = "vm")]
     pub vms: Vec<VmConfig>,
+    /// Endorsements for the VMs' evidence, fetched and cached here for clients.
+    #[serde(default)]
+    pub collateral: CollateralConfig,
+}
+
+/// `[collateral]`: Intel PCS (or a PCCS) and AMD KDS, cached on disk. An enclave cannot reach
+/// them itself; the host fetches what its evidence needs and serves it beside the evidence
+/// (`GET /v1/attestation`). Clients verify it like the evidence: it is signed by the vendor.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollateralConfig {
+    /// Cache directory (relative to the file; default `STATE_DIR/collateral`).
+    pub cache_dir: Option<PathBuf>,
+    /// PCCS or Intel PCS base URL (default Intel PCS).
+    pub pccs_url: Option<String>,
+    /// Serve from the cache only; never fetch.
+    #[serde(default)]
+    pub offline: bool,
+}
+
+impl HostConfig {
+    /// The collateral store the API completes bundles from.
+    pub fn collateral_store(&self) -> chrysalis_client::collateral::CollateralStore {
+        chrysalis_client::collateral::CollateralStore::new(
+            self.collateral
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("collateral")),
+            self.collateral.pccs_url.clone(),
+            self.collateral.offline,
+        )
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -164,6 +196,9 @@ impl HostConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         if c.state_dir.is_relative() {
             c.state_dir = base.join(&c.state_dir);
+        }
+        if let Some(d) = c.collateral.cache_dir.as_mut().filter(|d| d.is_relative()) {
+            *d = base.join(&*d);
         }
         for vm in &mut c.vms {
             if vm.image.is_relative() {

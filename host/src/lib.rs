@@ -83,7 +83,11 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
             rx.clone(),
         )));
     }
-    let app = api::router(api::Api { vms: vms.clone() });
+    let app = api::router(api::Api {
+        vms: vms.clone(),
+        collateral: Some(config.collateral_store()),
+        now: None,
+    });
     let mut api_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = axum::serve(api_listener, app)

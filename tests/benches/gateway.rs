@@ -224,6 +224,7 @@ fn main() {
             policy: policy.clone(),
             session_ttl: Duration::from_secs(3600),
             now: None,
+            collateral: Default::default(),
         });
         g.verify().await.expect("gateway verifies the enclave");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

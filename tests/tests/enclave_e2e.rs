@@ -334,6 +334,7 @@ fn chat_settings(url: String, policy: Policy) -> chrysalis_client::chat::ChatSet
         temperature: 0.0,
         max_tokens: 6,
         system: Some("Be brief.".into()),
+        collateral: Default::default(),
     }
 }
 

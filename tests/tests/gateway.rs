@@ -40,6 +40,7 @@ async fn start_gateway(
         policy,
         session_ttl: Duration::from_secs(300),
         now: None,
+        collateral: Default::default(),
     });
     let _ = g.verify().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,163 @@
+//! Collateral for remote evidence: an enclave cannot reach Intel PCS or AMD KDS, so its bundle
+//! arrives without them; the host agent completes it from its cache and the SDK takes what it
+//! lacks from the host (or its own cache). Checked on a real TDX quote and its real Intel
+//! collateral (attestation/testdata/dcap-qvl, see the README there), at a pinned time.
+
+use std::sync::Arc;
+
+use chrysalis_attestation::tdx::TdxQuote;
+use chrysalis_attestation::{Policy, Timestamp};
+use chrysalis_client::collateral::{
+    bundle_lacks_endorsements, complete_bundle, CollateralSource, CollateralStore,
+};
+use chrysalis_client::remote::{self, RemoteError};
+use chrysalis_proto::{EvidenceBundle, GpuStatus, Platform};
+
+fn testdata(name: &str) -> Vec<u8> {
+    let p = format!(
+        "{}/../attestation/testdata/dcap-qvl/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// The real quote as an enclave would send it: no collateral.
+fn bare_bundle() -> EvidenceBundle {
+    EvidenceBundle {
+        version: 1,
+        platform: Platform::Tdx as i32,
+        evidence: testdata("tdx_quote"),
+        tls_spki_sha256: vec![7; 32],
+        hpke_public_key: vec![9; 32],
+        binding_version: chrysalis_proto::binding::BINDING_VERSION,
+        gpu_status: GpuStatus::None as i32,
+        ..Default::default()
+    }
+}
+
+/// A cache holding the quote's real Intel collateral, never fetching.
+fn offline_store(dir: &std::path::Path, filled: bool) -> CollateralStore {
+    let store = CollateralStore::new(dir.to_path_buf(), None, true);
+    if filled {
+        let quote = TdxQuote::from_bytes(&testdata("tdx_quote")).expect("quote");
+        let collateral =
+            serde_json::from_slice(&testdata("tdx_quote_collateral.json")).expect("collateral");
+        store.put_tdx(&quote, &collateral).expect("cache");
+    }
+    store
+}
+
+/// When the collateral in the fixture is valid (see the demo).
+fn at() -> Timestamp {
+    Timestamp::parse("2025-06-20T00:00:00Z").expect("time")
+}
+
+/// Verify the bare bundle with `fallback`: the quote is real but not bound to our keys, so the
+/// best possible outcome is the binding check failing after the vendor checks passed.
+fn verify(fallback: &chrysalis_attestation::verify::Endorsements) -> RemoteError {
+    remote::verify_bundle_endorsed(
+        &bare_bundle(),
+        &[7; 32],
+        &[],
+        &Policy::baseline(),
+        at(),
+        fallback,
+    )
+    .expect_err("a foreign quote never binds our keys")
+}
+
+async fn host_api(store: CollateralStore) -> String {
+    let config: chrysalis_host::config::VmConfig = toml::from_str(
+        "name = \"td\"\nimage = \"x\"\nplatform = \"tdx\"\nvcpus = 1\nmemory = \"1G\"\nclient_listen = \"127.0.0.1:0\"\n",
+    )
+    .expect("config");
+    let vm = chrysalis_host::vm::VmHandle::new(config);
+    if let Ok(mut b) = vm.bundle.lock() {
+        *b = Some(bare_bundle());
+    }
+    let app = chrysalis_host::api::router(chrysalis_host::api::Api {
+        vms: Arc::new(vec![vm]),
+        collateral: Some(store),
+        now: Some(at()),
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+#[test]
+fn without_collateral_a_real_quote_is_refused_and_with_the_hosts_it_verifies() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        assert!(bundle_lacks_endorsements(&bare_bundle()));
+        // Nothing beside the evidence: refused for want of Intel's collateral.
+        let bare = verify(&Default::default()).to_string();
+        assert!(bare.to_lowercase().contains("collateral"), "{bare}");
+
+        // The host serves the bundle completed from its cache.
+        let url = host_api(offline_store(dir.path(), true)).await;
+        let served = remote::host_bundle(&url).await.expect("host bundle");
+        assert!(!served.tdx_collateral_json.is_empty());
+        assert_eq!(
+            served.evidence,
+            bare_bundle().evidence,
+            "the evidence is untouched"
+        );
+        let from_host =
+            remote::endorsements_from(&CollateralSource::Host(url.clone()), &bare_bundle(), at())
+                .await
+                .expect("endorsements from the host");
+        assert!(from_host.tdx_collateral.is_some());
+        // Intel's signatures over the quote and collateral now check out: what fails is only
+        // that this quote was not made for our keys.
+        let e = verify(&from_host).to_string();
+        assert!(e.contains("report_data does not bind"), "{e}");
+        // ?vm=NAME selects the VM; an unknown one is an error, not an empty answer.
+        assert!(remote::host_bundle(&format!("{url}?vm=td")).await.is_ok());
+        let unknown = remote::host_bundle(&format!("{url}?vm=nope"))
+            .await
+            .expect_err("unknown");
+        assert!(unknown.contains("404"), "{unknown}");
+    });
+}
+
+#[test]
+fn a_host_without_the_collateral_says_so_and_the_client_says_why() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let url = host_api(offline_store(dir.path(), false)).await;
+        let e = remote::endorsements_from(&CollateralSource::Host(url), &bare_bundle(), at())
+            .await
+            .expect_err("no collateral");
+        let m = e.to_string();
+        assert!(
+            m.contains("could not get it") && m.contains("Intel collateral"),
+            "{m}"
+        );
+    });
+}
+
+#[test]
+fn the_local_cache_completes_a_bundle_too() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = offline_store(dir.path(), true);
+    let mut b = bare_bundle();
+    assert!(complete_bundle(&mut b, &store, at()).expect("complete"));
+    assert!(!bundle_lacks_endorsements(&b));
+    // Complete already: nothing to add.
+    assert!(!complete_bundle(&mut b, &store, at()).expect("again"));
+    let e = remote::verify_bundle(&b, &[7; 32], &[], &Policy::baseline(), at())
+        .expect_err("foreign quote")
+        .to_string();
+    assert!(e.contains("report_data does not bind"), "{e}");
+    // Past the collateral's nextUpdate the cache does not serve it, and offline fetches nothing.
+    let late = Timestamp::parse("2027-01-01T00:00:00Z").expect("time");
+    let mut b = bare_bundle();
+    let e = complete_bundle(&mut b, &store, late).expect_err("expired");
+    assert!(e.to_string().contains("no cached Intel collateral"), "{e}");
+}
