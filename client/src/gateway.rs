@@ -43,7 +43,7 @@ pub struct GatewayConfig {
 struct Session {
     client: chrysalis_proto::v1::enclave_client::EnclaveClient<tonic::transport::Channel>,
     attestation: PeerAttestation,
-    endorsements: chrysalis_attestation::verify::Endorsements,
+    endorsements: Arc<chrysalis_attestation::verify::Endorsements>,
     verified_at: Instant,
     verified_at_utc: Timestamp,
 }
@@ -138,7 +138,7 @@ impl Gateway {
                 return Ok(Attested {
                     client: s.client.clone(),
                     attestation: s.attestation.clone(),
-                    endorsements: s.endorsements.clone(),
+                    endorsements: Arc::clone(&s.endorsements),
                 });
             }
             tracing::info!(target: "chrysalis::gateway", "verification expired; verifying again");
@@ -168,7 +168,7 @@ impl Gateway {
                 *guard = Some(Session {
                     client: a.client.clone(),
                     attestation: a.attestation.clone(),
-                    endorsements: a.endorsements.clone(),
+                    endorsements: Arc::clone(&a.endorsements),
                     verified_at: Instant::now(),
                     verified_at_utc: now,
                 });

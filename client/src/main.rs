@@ -121,29 +121,16 @@ struct RemotePolicyArgs {
     /// AMD KDS through the local cache.
     #[arg(long, value_name = "URL")]
     collateral_from: Option<String>,
-    /// Never fetch endorsements from the network; use the cache only.
-    #[arg(long)]
-    offline: bool,
-    /// PCCS or Intel PCS base URL for TDX collateral.
-    #[arg(long, value_name = "URL", env = "PCCS_URL")]
-    pccs_url: Option<String>,
-    /// Collateral cache directory.
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: CollateralArgs,
 }
 
 impl RemotePolicyArgs {
     fn collateral(&self) -> chrysalis_client::collateral::CollateralSource {
-        use chrysalis_client::collateral::{CollateralSource, CollateralStore};
+        use chrysalis_client::collateral::CollateralSource;
         match &self.collateral_from {
             Some(url) => CollateralSource::Host(url.clone()),
-            None => CollateralSource::Store(CollateralStore::new(
-                self.cache_dir
-                    .clone()
-                    .unwrap_or_else(CollateralStore::default_dir),
-                self.pccs_url.clone(),
-                self.offline,
-            )),
+            None => CollateralSource::Store(self.store.store()),
         }
     }
 }
@@ -310,6 +297,13 @@ struct VerifyArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    store: CollateralArgs,
+}
+
+/// Where missing endorsements are fetched and cached (`verify`, `attest`, `chat`, `gateway`).
+#[derive(Debug, clap::Args)]
+struct CollateralArgs {
     /// Never fetch collateral from the network; use files and the cache only.
     #[arg(long)]
     offline: bool,
@@ -319,6 +313,18 @@ struct VerifyArgs {
     /// Collateral cache directory.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+}
+
+impl CollateralArgs {
+    fn store(&self) -> CollateralStore {
+        CollateralStore::new(
+            self.cache_dir
+                .clone()
+                .unwrap_or_else(CollateralStore::default_dir),
+            self.pccs_url.clone(),
+            self.offline,
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -412,13 +418,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, UsageError> {
         Err(e) => (None, Err(VerifyError::Parse(e))),
         Ok((evidence, bundle)) => {
             let mut endorsements = load_endorsements(bundle.as_ref(), &files)?;
-            let store = CollateralStore::new(
-                args.cache_dir
-                    .clone()
-                    .unwrap_or_else(CollateralStore::default_dir),
-                args.pccs_url.clone(),
-                args.offline,
-            );
+            let store = args.store.store();
             // Fill in missing endorsements from the cache or the vendor's service.
             match &evidence {
                 Evidence::Tdx(q) if endorsements.tdx_collateral.is_none() => {

@@ -290,7 +290,7 @@ type HandshakeOutcome = Result<(PeerAttestation, Vec<u8>), String>;
 pub struct RaTlsVerifier {
     policy: Policy,
     now: Timestamp,
-    fallback: Endorsements,
+    fallback: Arc<Endorsements>,
     seen: Mutex<Option<EvidenceBundle>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     outcome: Mutex<Option<HandshakeOutcome>>,
@@ -302,7 +302,7 @@ impl RaTlsVerifier {
         Self {
             policy,
             now,
-            fallback: Endorsements::default(),
+            fallback: Arc::default(),
             seen: Mutex::new(None),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             outcome: Mutex::new(None),
@@ -311,7 +311,7 @@ impl RaTlsVerifier {
 
     /// Supply what a peer's bundle lacks (see [`verify_bundle_endorsed`]).
     pub fn with_endorsements(mut self, fallback: Endorsements) -> Self {
-        self.fallback = fallback;
+        self.fallback = Arc::new(fallback);
         self
     }
 
@@ -439,8 +439,9 @@ pub struct Attested {
     pub client: EnclaveClient<tonic::transport::Channel>,
     /// What the peer proved in the handshake.
     pub attestation: PeerAttestation,
-    /// Endorsements from outside the bundle it was verified with (for fresh evidence too).
-    pub endorsements: Endorsements,
+    /// Endorsements from outside the bundle it was verified with (for fresh evidence too);
+    /// shared, as sessions are cloned per request.
+    pub endorsements: Arc<Endorsements>,
 }
 
 /// Connect to `url`, verifying the enclave in the TLS handshake with the endorsements its
@@ -636,7 +637,7 @@ async fn connect_verified(
     Ok(Attested {
         client: EnclaveClient::new(channel),
         attestation,
-        endorsements: verifier.fallback.clone(),
+        endorsements: Arc::clone(&verifier.fallback),
     })
 }
 

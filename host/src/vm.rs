@@ -433,16 +433,15 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
                 last_probe = Instant::now();
                 match probe(guest).await {
                     Ok(bundle) => {
-                        let changed = vm
-                            .bundle
-                            .lock()
-                            .map(|b| {
-                                b.as_ref().map(|b| &b.hpke_public_key)
-                                    != Some(&bundle.hpke_public_key)
-                            })
-                            .unwrap_or(true);
+                        let mut changed = true;
                         if let Ok(mut b) = vm.bundle.lock() {
-                            *b = Some(bundle);
+                            changed = b.as_ref().map(|b| &b.hpke_public_key)
+                                != Some(&bundle.hpke_public_key);
+                            // The same evidence keeps the cached bundle, with any endorsements
+                            // the API added to it.
+                            if b.as_ref().map(|b| &b.evidence) != Some(&bundle.evidence) {
+                                *b = Some(bundle);
+                            }
                         }
                         if state == VmState::Booting || changed {
                             vm.set(VmState::Attested);

@@ -65,6 +65,25 @@ impl TestEnclave {
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
+
+    /// How many Generate calls it has received (its Health counter), asked over a verified
+    /// connection.
+    pub async fn generate_requests(&self) -> u64 {
+        let policy = chrysalis_attestation::Policy::baseline().allow_simulated();
+        let mut c = chrysalis_client::remote::connect(
+            &self.url(),
+            &policy,
+            chrysalis_client::inputs::now(),
+        )
+        .await
+        .expect("connect");
+        c.client
+            .health(chrysalis_proto::HealthRequest {})
+            .await
+            .expect("health")
+            .into_inner()
+            .generate_requests
+    }
 }
 
 /// Start an enclave with the simulated TEE and the default model on 127.0.0.1:0. `None` when

@@ -338,18 +338,6 @@ fn chat_settings(url: String, policy: Policy) -> chrysalis_client::chat::ChatSet
     }
 }
 
-async fn generate_requests(url: &str) -> u64 {
-    let mut conn = remote::connect(url, &sim_policy(), now())
-        .await
-        .expect("attested");
-    conn.client
-        .health(HealthRequest {})
-        .await
-        .expect("health")
-        .into_inner()
-        .generate_requests
-}
-
 #[test]
 fn a_conversation_verifies_first_keeps_its_turns_and_obeys_its_commands() {
     use chrysalis_client::chat::{converse, Display, Outcome};
@@ -386,7 +374,7 @@ fn a_conversation_verifies_first_keeps_its_turns_and_obeys_its_commands() {
         assert!(err.contains("SIMULATED TEE"), "{err}");
         assert!(err.contains("(conversation cleared)"), "{err}");
         // Blank lines and commands are not turns; nothing after /exit is sent.
-        assert_eq!(generate_requests(&e.url()).await, 2);
+        assert_eq!(e.generate_requests().await, 2);
     });
 }
 
@@ -414,6 +402,6 @@ fn a_conversation_with_a_failing_policy_sends_nothing() {
             "{err}"
         );
         assert!(out.is_empty());
-        assert_eq!(generate_requests(&e.url()).await, 0);
+        assert_eq!(e.generate_requests().await, 0);
     });
 }

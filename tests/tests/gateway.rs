@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use chrysalis_attestation::Policy;
 use chrysalis_client::gateway::{Gateway, GatewayConfig};
-use chrysalis_client::remote;
-use chrysalis_proto::HealthRequest;
 use chrysalis_tests::shared_enclave;
 
 fn python() -> Option<PathBuf> {
@@ -77,22 +75,6 @@ async fn run_client(py: PathBuf, base: String, mode: &str) -> serde_json::Value 
     serde_json::from_str(stdout.trim()).expect("client output JSON")
 }
 
-async fn generate_requests(url: &str) -> u64 {
-    let mut c = remote::connect(
-        url,
-        &Policy::baseline().allow_simulated(),
-        chrysalis_client::inputs::now(),
-    )
-    .await
-    .expect("connect");
-    c.client
-        .health(HealthRequest {})
-        .await
-        .expect("health")
-        .into_inner()
-        .generate_requests
-}
-
 #[test]
 fn the_openai_client_works_through_the_gateway_and_fails_closed() {
     let Some(py) = python() else { return };
@@ -105,13 +87,13 @@ fn the_openai_client_works_through_the_gateway_and_fails_closed() {
             "ab".repeat(48)
         ))
         .expect("policy");
-        let before = generate_requests(&e.url()).await;
+        let before = e.generate_requests().await;
         let (base, stop) = start_gateway(e.url(), wrong).await;
         let v = run_client(py.clone(), base, "rejected").await;
         assert_eq!(v["status"], 502, "{v}");
         assert_eq!(v["code"], "enclave_not_verified", "{v}");
         assert_eq!(
-            generate_requests(&e.url()).await,
+            e.generate_requests().await,
             before,
             "a request reached the enclave"
         );
