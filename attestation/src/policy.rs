@@ -25,6 +25,8 @@
 //! [snp]
 //! measurement = ["<96 hex>"]
 //! host_data = ["<64 hex>"]            # optional
+//! id_key_digest = ["<96 hex>"]        # optional: launched with an ID block signed by these keys
+//! author_key_digest = ["<96 hex>"]    # optional: ... whose ID key these author keys signed
 //! min_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }   # optional; fmc too
 //! allow_smt = true                    # default true
 //! allow_migration_agent = false       # default false
@@ -128,6 +130,12 @@ pub struct SnpFile {
     /// Allowed HOST_DATA values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_data: Option<Vec<String>>,
+    /// Allowed ID_KEY_DIGEST values (keys that signed the launch's ID block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_key_digest: Option<Vec<String>>,
+    /// Allowed AUTHOR_KEY_DIGEST values (author keys that signed the ID key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_key_digest: Option<Vec<String>>,
     /// Minimum TCB components.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tcb: Option<MinTcb>,
@@ -206,6 +214,8 @@ pub(crate) struct TdxRules {
 pub(crate) struct SnpRules {
     pub measurement: Vec<[u8; 48]>,
     pub host_data: Option<Vec<[u8; 32]>>,
+    pub id_key_digest: Option<Vec<[u8; 48]>>,
+    pub author_key_digest: Option<Vec<[u8; 48]>>,
     pub min_tcb: Option<MinTcb>,
     pub min_guest_svn: Option<u32>,
     pub allow_smt: bool,
@@ -392,6 +402,11 @@ impl Policy {
                 Ok(SnpRules {
                     measurement: hex_list("snp.measurement", &s.measurement)?,
                     host_data: opt_hex_list("snp.host_data", &s.host_data)?,
+                    id_key_digest: opt_hex_list("snp.id_key_digest", &s.id_key_digest)?,
+                    author_key_digest: opt_hex_list(
+                        "snp.author_key_digest",
+                        &s.author_key_digest,
+                    )?,
                     min_tcb: s.min_tcb,
                     min_guest_svn: s.min_guest_svn,
                     allow_smt: s.allow_smt.unwrap_or(true),

@@ -612,6 +612,12 @@ impl Verifier {
             if let Some(allowed) = &rules.host_data {
                 allow_list("host_data", &m.host_data, allowed)?;
             }
+            if let Some(allowed) = &rules.id_key_digest {
+                allow_list("id_key_digest", &m.id_key_digest, allowed)?;
+            }
+            if let Some(allowed) = &rules.author_key_digest {
+                allow_list("author_key_digest", &m.author_key_digest, allowed)?;
+            }
         }
         Ok(VerifiedEvidence {
             platform: Platform::Snp,

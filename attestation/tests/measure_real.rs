@@ -185,3 +185,80 @@ const KAT_TDX_CRATE: (&str, &str) = (
     "88c63708f207ab01a46b4d9424ea92ab11f8826be30d208afbb58f174f2a19cdcfafb2b12a6a2c98be0740b808894d55",
     "307c9a6831bdd6e6f56d9305f9598d238d42e864a9144f11c0a46ee42e62ed81eb9845511a80fa77b200743d85d977e3",
 );
+
+/// The independent tool's output: (id block, id auth, id key digest, author key digest).
+fn snp_create_id_block_output() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    use base64::Engine as _;
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .expect("base64 in the fixture")
+    };
+    let text = String::from_utf8(fixture("snp-id/snp-create-id-block.out")).expect("utf-8");
+    let mut lines = text.lines();
+    let first = lines.next().expect("qemu line");
+    let (block, auth) = first
+        .strip_prefix("id-block=")
+        .and_then(|r| r.split_once(",id-auth="))
+        .expect("id-block=...,id-auth=...");
+    let id = lines.next().and_then(|l| l.strip_prefix("id_key_hash: "));
+    let author = lines.next().and_then(|l| l.strip_prefix("author_key: "));
+    (
+        b64(block),
+        b64(auth),
+        b64(id.expect("id_key_hash line")),
+        b64(author.expect("author_key line")),
+    )
+}
+
+#[test]
+fn snp_id_block_matches_sev_snp_measure() {
+    use base64::Engine as _;
+    use chrysalis_attestation::measure::snp_id::{
+        parse_private_key, sign_id_block, verify_id_block, IdBlock,
+    };
+    let (tool_block, tool_auth, tool_id_digest, tool_author_digest) =
+        snp_create_id_block_output();
+    let ld = base64::engine::general_purpose::STANDARD
+        .decode(
+            String::from_utf8(fixture("snp-id/measurement.b64"))
+                .expect("utf-8")
+                .trim(),
+        )
+        .expect("base64");
+    let id_key = parse_private_key(&fixture("snp-id/id-key.pem")).expect("SEC1 PEM");
+    let author_key = parse_private_key(&fixture("snp-id/author-key.pem")).expect("PKCS#8 PEM");
+    let block = IdBlock {
+        launch_digest: ld.as_slice().try_into().expect("48 bytes"),
+        family_id: [0; 16],
+        image_id: [0; 16],
+        guest_svn: 0,
+        policy: 0x30000,
+    };
+    let ours = sign_id_block(&block, &id_key, Some(&author_key));
+    assert_eq!(ours.id_block.as_slice(), tool_block.as_slice(), "ID block bytes");
+    assert_eq!(ours.id_key_digest.as_slice(), tool_id_digest.as_slice());
+    assert_eq!(
+        ours.author_key_digest.map(|d| d.to_vec()),
+        Some(tool_author_digest.clone())
+    );
+    // Everything but the (randomized) signatures is byte-equal: algorithms, keys, reserved.
+    let masked = |b: &[u8]| {
+        let mut b = b.to_vec();
+        b[0x40..0x240].fill(0);
+        b[0x680..0x880].fill(0);
+        b
+    };
+    assert_eq!(masked(&ours.id_auth), masked(&tool_auth));
+    // The tool's signatures verify under our verifier, and ours under the same check.
+    let (parsed, id_digest, author_digest) =
+        verify_id_block(&tool_block, &tool_auth, true).expect("the tool's block verifies");
+    assert_eq!(parsed, block);
+    assert_eq!(id_digest.as_slice(), tool_id_digest.as_slice());
+    assert_eq!(author_digest.map(|d| d.to_vec()), Some(tool_author_digest));
+    verify_id_block(&ours.id_block, &ours.id_auth, true).expect("ours verifies");
+    // A block for another digest does not pass with this signature.
+    let mut other = tool_block.clone();
+    other[47] ^= 0x80;
+    assert!(verify_id_block(&other, &tool_auth, true).is_err());
+}

@@ -245,6 +245,22 @@ fn snp_measurement_host_data_and_tcb_rules() {
         }
     ));
 
+    // The real report was launched without an ID block: its key digests are zero, so a policy
+    // that requires a signing key refuses it, and one naming the zero digest is the only way in.
+    assert_eq!(m.id_key_digest, [0; 48]);
+    for field in ["id_key_digest", "author_key_digest"] {
+        assert!(matches!(
+            violation(snp_milan_v2().verify(&snp_policy(&format!(
+                "{field} = [\"{}\"]",
+                "2c".repeat(48)
+            )))),
+            PolicyViolation::NotAllowed { field: f, .. } if f == field
+        ));
+        assert!(snp_milan_v2()
+            .verify(&snp_policy(&format!("{field} = [\"{}\"]", "00".repeat(48))))
+            .is_ok());
+    }
+
     let t = m.reported_tcb;
     let at_min = format!(
         "min_tcb = {{ bootloader = {}, tee = {}, snp = {}, microcode = {} }}",

@@ -185,6 +185,36 @@ enum MeasureCommand {
     Tdx(MeasureTdxArgs),
     /// SEV-SNP: the launch digest (MEASUREMENT).
     Snp(MeasureSnpArgs),
+    /// SEV-SNP: sign an ID block for a launch digest (for `chrysalis-host`'s `snp_id_block`).
+    SnpIdBlock(SnpIdBlockArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SnpIdBlockArgs {
+    /// The launch digest the block admits (96 hex digits, from `chrysalis measure snp`).
+    #[arg(long, value_name = "HEX")]
+    measurement: String,
+    /// ID key: ECDSA P-384 private key, PEM (SEC1 or PKCS#8) or DER.
+    #[arg(long, value_name = "FILE")]
+    id_key: PathBuf,
+    /// Author key (optional): signs the ID key; P-384 like the ID key.
+    #[arg(long, value_name = "FILE")]
+    author_key: Option<PathBuf>,
+    /// The guest policy the VM is launched with (the launch fails if they differ).
+    #[arg(long, value_name = "HEX", default_value = "0x30000")]
+    policy: String,
+    /// FAMILY_ID, 32 hex digits.
+    #[arg(long, value_name = "HEX")]
+    family_id: Option<String>,
+    /// IMAGE_ID, 32 hex digits.
+    #[arg(long, value_name = "HEX")]
+    image_id: Option<String>,
+    /// GUEST_SVN.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    guest_svn: u32,
+    /// Print the JSON file the host agent reads (`snp_id_block = "FILE"`).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -334,6 +364,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify(args),
         Command::Measure(MeasureCommand::Tdx(args)) => measure_tdx(args),
         Command::Measure(MeasureCommand::Snp(args)) => measure_snp(args),
+        Command::Measure(MeasureCommand::SnpIdBlock(args)) => snp_id_block(args),
         Command::Eventlog(args) => eventlog(args),
         Command::Attest(args) => remote_cmd::attest(
             args.url,
@@ -558,6 +589,61 @@ fn measure_snp(args: MeasureSnpArgs) -> Result<ExitCode, UsageError> {
         );
     } else {
         println!("{digest}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_field<const N: usize>(what: &str, text: Option<&str>) -> Result<[u8; N], UsageError> {
+    let Some(text) = text else {
+        return Ok([0; N]);
+    };
+    let raw = hex::decode(text.trim()).map_err(|e| usage(what, format!("not hex: {e}")))?;
+    raw.try_into()
+        .map_err(|v: Vec<u8>| usage(what, format!("{} bytes, expected {N}", v.len())))
+}
+
+fn snp_id_block(args: SnpIdBlockArgs) -> Result<ExitCode, UsageError> {
+    use chrysalis_attestation::measure::snp_id::{
+        parse_private_key, sign_id_block, IdBlock, IdBlockFile,
+    };
+    let key = |path: &PathBuf| {
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(path).map_err(|e| usage(&path.display().to_string(), e))?,
+        );
+        parse_private_key(&bytes).map_err(|e| usage(&path.display().to_string(), e))
+    };
+    let policy = u64::from_str_radix(args.policy.trim().trim_start_matches("0x"), 16)
+        .map_err(|e| usage("--policy", e))?;
+    let block = IdBlock {
+        launch_digest: hex_field("--measurement", Some(&args.measurement))?,
+        family_id: hex_field("--family-id", args.family_id.as_deref())?,
+        image_id: hex_field("--image-id", args.image_id.as_deref())?,
+        guest_svn: args.guest_svn,
+        policy,
+    };
+    let id_key = key(&args.id_key)?;
+    let author_key = args.author_key.as_ref().map(key).transpose()?;
+    let signed = sign_id_block(&block, &id_key, author_key.as_ref());
+    let file = IdBlockFile::new(&signed).map_err(measure_failed)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&file).unwrap_or_default()
+        );
+    } else {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        println!("id_key_digest      {}", file.id_key_digest);
+        println!(
+            "author_key_digest  {}",
+            file.author_key_digest.as_deref().unwrap_or("(no author key)")
+        );
+        println!(
+            "qemu sev-snp-guest id-block={},id-auth={},author-key-enabled={}",
+            b64.encode(signed.id_block),
+            b64.encode(&signed.id_auth),
+            if file.author_key_enabled { "on" } else { "off" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -181,6 +181,14 @@ pub fn verdict_text(
                     row(&mut s, "measurement", hex::encode(m.measurement));
                     row(&mut s, "host_data", hex::encode(m.host_data));
                     row(&mut s, "policy", m.policy.clone());
+                    for (name, d) in [
+                        ("id_key_digest", &m.id_key_digest),
+                        ("author_key_digest", &m.author_key_digest),
+                    ] {
+                        if d.iter().any(|&b| b != 0) {
+                            row(&mut s, name, hex::encode(d));
+                        }
+                    }
                     row(&mut s, "reported_tcb", m.reported_tcb.to_string());
                     row(&mut s, "chip_id", hex::encode(m.chip_id));
                     row(

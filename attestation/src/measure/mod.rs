@@ -10,6 +10,7 @@
 
 pub mod eventlog;
 pub mod kernel;
+pub mod snp_id;
 pub mod tdvf;
 
 use std::path::PathBuf;
