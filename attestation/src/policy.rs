@@ -403,10 +403,7 @@ impl Policy {
                     measurement: hex_list("snp.measurement", &s.measurement)?,
                     host_data: opt_hex_list("snp.host_data", &s.host_data)?,
                     id_key_digest: opt_hex_list("snp.id_key_digest", &s.id_key_digest)?,
-                    author_key_digest: opt_hex_list(
-                        "snp.author_key_digest",
-                        &s.author_key_digest,
-                    )?,
+                    author_key_digest: opt_hex_list("snp.author_key_digest", &s.author_key_digest)?,
                     min_tcb: s.min_tcb,
                     min_guest_svn: s.min_guest_svn,
                     allow_smt: s.allow_smt.unwrap_or(true),

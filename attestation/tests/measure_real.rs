@@ -217,8 +217,7 @@ fn snp_id_block_matches_sev_snp_measure() {
     use chrysalis_attestation::measure::snp_id::{
         parse_private_key, sign_id_block, verify_id_block, IdBlock,
     };
-    let (tool_block, tool_auth, tool_id_digest, tool_author_digest) =
-        snp_create_id_block_output();
+    let (tool_block, tool_auth, tool_id_digest, tool_author_digest) = snp_create_id_block_output();
     let ld = base64::engine::general_purpose::STANDARD
         .decode(
             String::from_utf8(fixture("snp-id/measurement.b64"))
@@ -236,7 +235,11 @@ fn snp_id_block_matches_sev_snp_measure() {
         policy: 0x30000,
     };
     let ours = sign_id_block(&block, &id_key, Some(&author_key));
-    assert_eq!(ours.id_block.as_slice(), tool_block.as_slice(), "ID block bytes");
+    assert_eq!(
+        ours.id_block.as_slice(),
+        tool_block.as_slice(),
+        "ID block bytes"
+    );
     assert_eq!(ours.id_key_digest.as_slice(), tool_id_digest.as_slice());
     assert_eq!(
         ours.author_key_digest.map(|d| d.to_vec()),

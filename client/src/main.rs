@@ -636,7 +636,9 @@ fn snp_id_block(args: SnpIdBlockArgs) -> Result<ExitCode, UsageError> {
         println!("id_key_digest      {}", file.id_key_digest);
         println!(
             "author_key_digest  {}",
-            file.author_key_digest.as_deref().unwrap_or("(no author key)")
+            file.author_key_digest
+                .as_deref()
+                .unwrap_or("(no author key)")
         );
         println!(
             "qemu sev-snp-guest id-block={},id-auth={},author-key-enabled={}",

@@ -20,6 +20,15 @@ struct Cli {
 enum Command {
     /// Run the inference engine alone on one prompt (no TEE, no network).
     Generate(generate::GenerateArgs),
+    /// Print the measured configuration the service would bind with these options, and its
+    /// digests (SNP HOST_DATA for the host agent's `snp_host_data`), without a TEE.
+    Config {
+        #[command(flatten)]
+        serve: serve::ServeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +73,7 @@ fn run(cli: Cli) -> std::process::ExitCode {
         .init();
     let result = match &cli.command {
         Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Config { serve, json }) => serve::print_config(serve, *json),
         None => serve::run(&cli.serve),
     };
     match result {

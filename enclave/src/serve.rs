@@ -58,27 +58,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         eprintln!("chrysalis-enclave: WARNING: {}", tee::simulated::WARNING);
     }
     let gpu = crate::gpu::detect()?;
-    let opts = LoadOptions {
-        precision: args.precision,
-        device: args.device,
-        name: None,
-    };
-    let mut engine = Engine::default();
-    if args.model.is_empty() {
-        engine.add(chrysalis_inference::load_default(&opts)?);
-    }
-    for p in &args.model {
-        engine.add(chrysalis_inference::Model::load(p, &opts)?);
-    }
-    let config = EnclaveConfig {
-        format: "chrysalis-enclave-config/v1",
-        enclave_version: env!("CARGO_PKG_VERSION"),
-        tee: tee.name().to_owned(),
-        models: engine.models().map(|m| m.identity.clone()).collect(),
-        max_active: args.max_active,
-        max_queued: args.max_queued,
-        binding_version: chrysalis_proto::binding::BINDING_VERSION,
-    };
+    let engine = load_engine(args)?;
+    let config = enclave_config(args, tee.name(), &engine);
     let identity = Arc::new(Identity::new(
         tee,
         gpu,
@@ -111,6 +92,100 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         tracing::info!(target: "chrysalis::enclave", %addr, "serving");
         crate::server::serve(listener, identity, scheduler, shutdown_signal()).await
     })
+}
+
+/// Load the models the arguments name (the embedded default when none).
+fn load_engine(args: &ServeArgs) -> anyhow::Result<Engine> {
+    let opts = LoadOptions {
+        precision: args.precision,
+        device: args.device,
+        name: None,
+    };
+    let mut engine = Engine::default();
+    if args.model.is_empty() {
+        engine.add(chrysalis_inference::load_default(&opts)?);
+    }
+    for p in &args.model {
+        engine.add(chrysalis_inference::Model::load(p, &opts)?);
+    }
+    Ok(engine)
+}
+
+/// The measured configuration of a service with these arguments on this backend.
+fn enclave_config(args: &ServeArgs, tee: &str, engine: &Engine) -> EnclaveConfig {
+    EnclaveConfig {
+        format: "chrysalis-enclave-config/v1",
+        enclave_version: env!("CARGO_PKG_VERSION"),
+        tee: tee.to_owned(),
+        models: engine.models().map(|m| m.identity.clone()).collect(),
+        max_active: args.max_active,
+        max_queued: args.max_queued,
+        binding_version: chrysalis_proto::binding::BINDING_VERSION,
+    }
+}
+
+/// How a configuration (its canonical JSON) reaches the evidence on each backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigDigests {
+    /// SNP: the HOST_DATA the VM must be launched with (SHA-256).
+    pub snp_host_data: [u8; 32],
+    /// TDX: the digest of the RTMR3 event the enclave extends.
+    pub tdx_rtmr3_event: [u8; 48],
+    /// Simulator: the evidence's `config_digest` (SHA-384).
+    pub simulated: [u8; 48],
+}
+
+/// The digests of a configuration, as each backend binds it.
+pub fn config_digests(canonical_json: &[u8]) -> ConfigDigests {
+    use sha2::{Digest, Sha256, Sha384};
+    ConfigDigests {
+        snp_host_data: Sha256::digest(canonical_json).into(),
+        tdx_rtmr3_event: crate::tee::tdx::config_event_digest(canonical_json),
+        simulated: Sha384::digest(canonical_json).into(),
+    }
+}
+
+/// `chrysalis-enclave config --tee snp|tdx|simulated [serve options]`: the measured configuration
+/// a service started with the same options would bind, computed here without a TEE. Operators
+/// use its `snp_host_data` for the host agent's SNP launch (the enclave refuses to start when
+/// HOST_DATA differs) and verifiers its digests for their policies.
+pub fn print_config(args: &ServeArgs, json: bool) -> anyhow::Result<()> {
+    let tee = match args.tee {
+        TeeChoice::Auto => anyhow::bail!(
+            "name the platform (--tee snp, tdx or simulated): the configuration names its backend"
+        ),
+        TeeChoice::Tdx => "tdx",
+        TeeChoice::Snp => "snp",
+        TeeChoice::Simulated => "simulated",
+    };
+    let engine = load_engine(args)?;
+    let canonical = enclave_config(args, tee, &engine).canonical_json();
+    let text = String::from_utf8(canonical.clone())?;
+    let d = config_digests(&canonical);
+    let host_data = hex::encode(d.snp_host_data);
+    let rtmr3_event = hex::encode(d.tdx_rtmr3_event);
+    let simulated = hex::encode(d.simulated);
+    if json {
+        let config: serde_json::Value = serde_json::from_str(&text)?;
+        println!(
+            "{:#}",
+            serde_json::json!({
+                "config": config,
+                "canonical_json": text,
+                "snp_host_data": host_data,
+                "tdx_rtmr3_event_digest": rtmr3_event,
+                "simulated_config_digest": simulated,
+            })
+        );
+    } else {
+        println!("{text}");
+        match args.tee {
+            TeeChoice::Snp => println!("snp_host_data            {host_data}"),
+            TeeChoice::Tdx => println!("tdx_rtmr3_event_digest   {rtmr3_event}"),
+            _ => println!("simulated_config_digest  {simulated}"),
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

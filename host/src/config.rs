@@ -142,6 +142,13 @@ pub struct VmConfig {
     pub cpu_type: Option<String>,
     /// SNP guest policy (default 0x30000: SMT allowed, no debug, no migration agent).
     pub snp_policy: Option<u64>,
+    /// SNP HOST_DATA, 64 hex digits: SHA-256 of the enclave's measured configuration, as
+    /// `chrysalis-enclave config --tee snp [its options]` prints it. Required for SNP: the
+    /// enclave refuses to start when HOST_DATA is not its configuration's.
+    pub snp_host_data: Option<String>,
+    /// SNP ID block (`chrysalis measure snp-id-block --json`), relative to the file: the firmware
+    /// then refuses any other launch digest or policy, and reports the signing keys' digests.
+    pub snp_id_block: Option<PathBuf>,
     /// TDX MRCONFIGID, 96 hex digits.
     pub mr_config_id: Option<String>,
     /// QEMU binary.
@@ -204,6 +211,9 @@ impl HostConfig {
             if vm.image.is_relative() {
                 vm.image = base.join(&vm.image);
             }
+            if let Some(f) = vm.snp_id_block.as_mut().filter(|f| f.is_relative()) {
+                *f = base.join(&*f);
+            }
         }
         c.check()?;
         Ok(c)
@@ -256,11 +266,27 @@ impl HostConfig {
                 ));
             }
             if vm.platform != PlatformKind::Snp
-                && (vm.cpu_type.is_some() || vm.snp_policy.is_some())
+                && (vm.cpu_type.is_some()
+                    || vm.snp_policy.is_some()
+                    || vm.snp_host_data.is_some()
+                    || vm.snp_id_block.is_some())
             {
                 return bad(format!(
-                    "vm {n}: cpu_type and snp_policy are for platform snp"
+                    "vm {n}: cpu_type, snp_policy, snp_host_data and snp_id_block are for platform snp"
                 ));
+            }
+            if vm.platform == PlatformKind::Snp {
+                match &vm.snp_host_data {
+                    None => {
+                        return bad(format!(
+                            "vm {n}: platform snp needs snp_host_data (the enclave refuses to start without its configuration's digest): run `chrysalis-enclave config --tee snp` with the enclave's options"
+                        ))
+                    }
+                    Some(h) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                        return bad(format!("vm {n}: snp_host_data must be 64 hex digits"))
+                    }
+                    Some(_) => {}
+                }
             }
             if vm.platform != PlatformKind::Tdx && vm.mr_config_id.is_some() {
                 return bad(format!("vm {n}: mr_config_id is for platform tdx"));
@@ -328,6 +354,11 @@ mod tests {
     fn fail_closed() {
         assert!(parse("platform = \"none\"\naccelerator = \"tcg\"").is_ok());
         assert!(parse("platform = \"tdx\"").is_ok());
+        assert!(parse(&format!(
+            "platform = \"snp\"\nsnp_host_data = \"{}\"",
+            "ab".repeat(32)
+        ))
+        .is_ok());
         for (extra, why) in [
             (
                 "platform = \"tdx\"\naccelerator = \"tcg\"",
@@ -336,9 +367,18 @@ mod tests {
             ("platform = \"sev\"", "unknown variant"),
             ("platform = \"none\"\nfoo = 1", "unknown field"),
             ("platform = \"tdx\"\ngpus = [\"17:00.0\"]", "PCI address"),
-            ("platform = \"snp\"\nsnp_policy = 0xB0000", "debugging"),
+            (
+                "platform = \"snp\"\nsnp_policy = 0xB0000\nsnp_host_data = \"abababababababababababababababababababababababababababababababab\"",
+                "debugging",
+            ),
             (
                 "platform = \"none\"\ncpu_type = \"EPYC-Milan\"",
+                "for platform snp",
+            ),
+            ("platform = \"snp\"", "needs snp_host_data"),
+            ("platform = \"snp\"\nsnp_host_data = \"ab\"", "64 hex"),
+            (
+                "platform = \"tdx\"\nsnp_id_block = \"id.json\"",
                 "for platform snp",
             ),
             ("platform = \"tdx\"\nmr_config_id = \"00\"", "96 hex"),

@@ -114,6 +114,17 @@ impl SnpHost {
     }
 }
 
+/// An SNP ID block as QEMU takes it (checked: see `vm::prepare`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnpIdBlock {
+    /// The 96-byte ID block.
+    pub id_block: Vec<u8>,
+    /// The 4096-byte authentication block.
+    pub id_auth: Vec<u8>,
+    /// Whether the author key signs the ID key.
+    pub author_key_enabled: bool,
+}
+
 /// Everything a launch needs besides the `VmSpec`.
 #[derive(Clone, Debug)]
 pub struct Launch {
@@ -139,6 +150,10 @@ pub struct Launch {
     pub snp_host: Option<SnpHost>,
     /// SNP policy.
     pub snp_policy: u64,
+    /// SNP HOST_DATA.
+    pub snp_host_data: Option<[u8; 32]>,
+    /// SNP ID block, authentication block, and whether the author key is enabled.
+    pub snp_id_block: Option<SnpIdBlock>,
     /// TDX MRCONFIGID (hex).
     pub mr_config_id: Option<String>,
     /// The guest's vsock CID.
@@ -212,15 +227,29 @@ pub fn command(l: &Launch) -> Result<Vec<String>, String> {
             let host = l
                 .snp_host
                 .ok_or("SEV-SNP: the host CPU reports no SEV (CPUID 0x8000001F)")?;
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD;
             machine.push_str(",confidential-guest-support=sev0,memory-backend=ram0");
+            let mut guest = format!(
+                "sev-snp-guest,id=sev0,cbitpos={},reduced-phys-bits={},policy={:#x},kernel-hashes=on",
+                host.cbitpos, host.reduced_phys_bits, l.snp_policy
+            );
+            if let Some(h) = &l.snp_host_data {
+                guest.push_str(&format!(",host-data={}", b64.encode(h)));
+            }
+            if let Some(id) = &l.snp_id_block {
+                guest.push_str(&format!(
+                    ",id-block={},id-auth={},author-key-enabled={}",
+                    b64.encode(&id.id_block),
+                    b64.encode(&id.id_auth),
+                    if id.author_key_enabled { "on" } else { "off" }
+                ));
+            }
             a.extend([
                 "-object".into(),
                 format!("memory-backend-memfd,id=ram0,size={mem_mib}M,share=true,prealloc=false"),
                 "-object".into(),
-                format!(
-                    "sev-snp-guest,id=sev0,cbitpos={},reduced-phys-bits={},policy={:#x},kernel-hashes=on",
-                    host.cbitpos, host.reduced_phys_bits, l.snp_policy
-                ),
+                guest,
             ]);
             a.extend(["-bios".into(), path_arg(&l.spec.firmware)?]);
         }
@@ -359,6 +388,8 @@ mod tests {
                 reduced_phys_bits: 1,
             }),
             snp_policy: 0x30000,
+            snp_host_data: None,
+            snp_id_block: None,
             mr_config_id: Some("ab".repeat(48)),
             vsock_cid: 3,
         }
@@ -425,6 +456,31 @@ mod tests {
         let mut no_sev = launch(PlatformKind::Snp);
         no_sev.snp_host = None;
         assert!(command(&no_sev).is_err());
+        // HOST_DATA and an ID block, base64 as QEMU takes them.
+        let mut l = launch(PlatformKind::Snp);
+        l.snp_host_data = Some([0xfa; 32]);
+        l.snp_id_block = Some(SnpIdBlock {
+            id_block: vec![1; 96],
+            id_auth: vec![2; 4096],
+            author_key_enabled: true,
+        });
+        let a = command(&l)?;
+        let obj = a
+            .iter()
+            .find(|x| x.starts_with("sev-snp-guest,"))
+            .ok_or("no sev-snp-guest")?;
+        let prop = |name: &str| {
+            obj.split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+        };
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let decoded = |name: &str| prop(name).and_then(|v| b64.decode(v).ok());
+        assert_eq!(decoded("host-data"), Some(vec![0xfa; 32]));
+        assert_eq!(decoded("id-block"), Some(vec![1; 96]));
+        assert_eq!(decoded("id-auth"), Some(vec![2; 4096]));
+        assert_eq!(prop("author-key-enabled").as_deref(), Some("on"));
         Ok(())
     }
 

@@ -240,15 +240,64 @@ pub fn prepare(
             None
         },
         snp_policy: vm.snp_policy.unwrap_or(0x30000),
+        snp_host_data: vm
+            .snp_host_data
+            .as_deref()
+            .map(|h| {
+                hex::decode(h)
+                    .ok()
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                    .ok_or_else(|| format!("vm {}: snp_host_data must be 64 hex digits", vm.name))
+            })
+            .transpose()?,
+        snp_id_block: None,
         mr_config_id: vm.mr_config_id.clone(),
         vsock_cid: 3,
     };
+    let mut launch = launch;
+    if let Some(path) = &vm.snp_id_block {
+        launch.snp_id_block = Some(load_id_block(path, &launch)?);
+    }
     let args = qemu::command(&launch)?;
     Ok(Prepared {
         launch,
         qemu: vm.qemu.clone(),
         args,
         manifest,
+    })
+}
+
+/// Read and check an SNP ID block for this launch: its signatures, and that it admits exactly
+/// this launch's digest and policy (the firmware would refuse the launch otherwise, with no
+/// clearer word than an error code).
+fn load_id_block(path: &std::path::Path, launch: &Launch) -> Result<qemu::SnpIdBlock, String> {
+    use chrysalis_attestation::measure::snp_id::IdBlockFile;
+    let at = |e: &dyn std::fmt::Display| format!("snp_id_block {}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| at(&e))?;
+    let file: IdBlockFile = serde_json::from_str(&text).map_err(|e| at(&e))?;
+    let (block, id_block, id_auth) = file.check().map_err(|e| at(&e))?;
+    if block.policy != launch.snp_policy {
+        return Err(at(&format!(
+            "it admits policy {:#x} but the VM is launched with {:#x}",
+            block.policy, launch.snp_policy
+        )));
+    }
+    let digest = launch.spec.measure_snp().map_err(|e| {
+        at(&format!(
+            "cannot compute this launch's digest to check it: {e}"
+        ))
+    })?;
+    if block.launch_digest != digest {
+        return Err(at(&format!(
+            "it admits launch digest {} but this launch measures {}",
+            hex::encode(block.launch_digest),
+            hex::encode(digest)
+        )));
+    }
+    Ok(qemu::SnpIdBlock {
+        id_block,
+        id_auth,
+        author_key_enabled: file.author_key_enabled,
     })
 }
 
@@ -262,7 +311,23 @@ pub fn expected_measurements(p: &Prepared) -> serde_json::Value {
             Err(e) => serde_json::json!({"platform": "tdx", "error": e.to_string()}),
         },
         PlatformKind::Snp => match p.launch.spec.measure_snp() {
-            Ok(m) => serde_json::json!({"platform": "snp", "measurement": hex::encode(m)}),
+            Ok(m) => {
+                let id = p.launch.snp_id_block.as_ref().and_then(|b| {
+                    chrysalis_attestation::measure::snp_id::verify_id_block(
+                        &b.id_block,
+                        &b.id_auth,
+                        b.author_key_enabled,
+                    )
+                    .ok()
+                });
+                serde_json::json!({
+                    "platform": "snp",
+                    "measurement": hex::encode(m),
+                    "host_data": p.launch.snp_host_data.map(hex::encode),
+                    "id_key_digest": id.as_ref().map(|i| hex::encode(i.1)),
+                    "author_key_digest": id.as_ref().and_then(|i| i.2.map(hex::encode)),
+                })
+            }
             Err(e) => serde_json::json!({"platform": "snp", "error": e.to_string()}),
         },
         PlatformKind::None => serde_json::json!({
@@ -540,4 +605,112 @@ async fn drain_and_stop(vm: &VmHandle, p: &Prepared, child: &mut tokio::process:
         }
     }
     let _ = std::fs::remove_file(&p.launch.qmp_socket);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrysalis_attestation::measure::snp_id::{
+        parse_private_key, sign_id_block, IdBlock, IdBlockFile,
+    };
+    use chrysalis_attestation::measure::{PlatformSpec, VmSpec, VmmType};
+
+    /// An SNP launch of the real AmdSev OVMF `make fixtures` fetches (None when it is absent).
+    fn snp_launch() -> Option<Launch> {
+        let fw = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/fixtures/ovmf_AmdSev_suffix.bin");
+        if !fw.exists() {
+            if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() {
+                panic!("{}: missing (run `make fixtures`)", fw.display());
+            }
+            eprintln!("SKIPPED: {} not fetched", fw.display());
+            return None;
+        }
+        Some(Launch {
+            spec: VmSpec {
+                platform: PlatformSpec::Snp {
+                    vcpu_type: "EPYC-Milan".into(),
+                    guest_features: 1,
+                    vmm_type: VmmType::Qemu,
+                },
+                firmware: fw,
+                kernel: None,
+                initrd: None,
+                cmdline: None,
+                memory: 1 << 30,
+                vcpus: 2,
+            },
+            platform: PlatformKind::Snp,
+            accelerator: crate::config::Accelerator::Kvm,
+            model_disk: None,
+            gpus: Vec::new(),
+            host_port: 1,
+            guest_port: 8443,
+            qmp_socket: "/nonexistent/qmp".into(),
+            serial_log: "/nonexistent/serial".into(),
+            snp_host: None,
+            snp_policy: 0x30000,
+            snp_host_data: None,
+            snp_id_block: None,
+            mr_config_id: None,
+            vsock_cid: 3,
+        })
+    }
+
+    fn key(name: &str) -> p384::ecdsa::SigningKey {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../attestation/testdata/snp-id")
+            .join(name);
+        parse_private_key(&std::fs::read(p).expect("test key")).expect("P-384")
+    }
+
+    fn write(dir: &std::path::Path, digest: [u8; 48], policy: u64) -> PathBuf {
+        let block = IdBlock {
+            launch_digest: digest,
+            family_id: [0; 16],
+            image_id: [0; 16],
+            guest_svn: 1,
+            policy,
+        };
+        let signed = sign_id_block(&block, &key("id-key.pem"), Some(&key("author-key.pem")));
+        let file = IdBlockFile::new(&signed).expect("file");
+        let path = dir.join(format!("id-{policy:x}-{}.json", digest[0]));
+        std::fs::write(&path, serde_json::to_string(&file).expect("json")).expect("write");
+        path
+    }
+
+    #[test]
+    fn an_id_block_must_admit_exactly_this_launch() {
+        let Some(launch) = snp_launch() else { return };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let digest = launch
+            .spec
+            .measure_snp()
+            .expect("launch digest of the real OVMF");
+        let good = write(dir.path(), digest, 0x30000);
+        let id = load_id_block(&good, &launch).expect("admits this launch");
+        assert_eq!(id.id_block.len(), 96);
+        assert!(id.author_key_enabled);
+
+        let e = load_id_block(&write(dir.path(), digest, 0x70000), &launch).expect_err("policy");
+        assert!(e.contains("policy 0x70000"), "{e}");
+        let mut other = digest;
+        other[0] ^= 1;
+        let e = load_id_block(&write(dir.path(), other, 0x30000), &launch).expect_err("digest");
+        assert!(e.contains("this launch measures"), "{e}");
+        // One more vCPU is another launch digest.
+        let mut bigger = launch.clone();
+        bigger.spec.vcpus = 3;
+        assert!(load_id_block(&good, &bigger).is_err());
+
+        // A tampered file: its signature no longer verifies.
+        let mut f: IdBlockFile =
+            serde_json::from_str(&std::fs::read_to_string(&good).expect("read")).expect("json");
+        f.id_auth.replace_range(200..202, "00");
+        std::fs::write(&good, serde_json::to_string(&f).expect("json")).expect("write");
+        let e = load_id_block(&good, &launch).expect_err("tampered");
+        assert!(e.contains("signature"), "{e}");
+        let e = load_id_block(&dir.path().join("missing.json"), &launch).expect_err("missing");
+        assert!(e.contains("missing.json"), "{e}");
+    }
 }

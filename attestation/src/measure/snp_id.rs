@@ -161,7 +161,9 @@ pub fn decode_public_key(b: &[u8]) -> Result<VerifyingKey, MeasureError> {
     }
     let curve = u32::from_le_bytes(arr(&b[0..4]));
     if curve != CURVE_P384 {
-        return Err(id_err(format!("public key curve {curve}, expected 2 (P-384)")));
+        return Err(id_err(format!(
+            "public key curve {curve}, expected 2 (P-384)"
+        )));
     }
     let x = be48(&b[4..4 + FIELD]).ok_or_else(|| id_err("public key X exceeds 48 bytes".into()))?;
     let y = be48(&b[4 + FIELD..4 + 2 * FIELD])
@@ -265,8 +267,7 @@ pub fn verify_id_block(
         if algo != ALGO_ECDSA_P384_SHA384 {
             return Err(id_err(format!("AUTH_KEY_ALGO {algo}, expected 1")));
         }
-        let author =
-            decode_public_key(&id_auth[AUTH_AUTHOR_KEY..AUTH_AUTHOR_KEY + PUBKEY_LEN])?;
+        let author = decode_public_key(&id_auth[AUTH_AUTHOR_KEY..AUTH_AUTHOR_KEY + PUBKEY_LEN])?;
         verify(
             &author,
             id_pub,
@@ -436,7 +437,10 @@ mod tests {
         assert!(e.to_string().contains("do not match"), "{e}");
         let mut off = f.clone();
         off.author_key_enabled = false;
-        assert!(off.check().is_err(), "author digest written without the author key enabled");
+        assert!(
+            off.check().is_err(),
+            "author digest written without the author key enabled"
+        );
         let mut fmt = f;
         fmt.format = "v0".into();
         assert!(fmt.check().is_err());
@@ -455,7 +459,10 @@ mod tests {
     #[test]
     fn bad_keys_are_refused() {
         let e = parse_private_key(b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n").expect_err("rsa");
-        assert!(e.to_string().contains("not an unencrypted EC private key"), "{e}");
+        assert!(
+            e.to_string().contains("not an unencrypted EC private key"),
+            "{e}"
+        );
         let e = parse_private_key(b"garbage").expect_err("garbage");
         assert!(e.to_string().contains("P-384"), "{e}");
     }

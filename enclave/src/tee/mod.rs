@@ -279,6 +279,25 @@ mod tests {
     }
 
     #[test]
+    fn snp_accepts_the_host_data_that_chrysalis_enclave_config_prints() {
+        // The report as a host would have launched it with `snp_host_data` from
+        // `chrysalis-enclave config --tee snp`.
+        let config = b"{\"format\":\"chrysalis-enclave-config/v1\",\"models\":[]}";
+        let mut report = snp_report();
+        assert_eq!(report.len(), 1184);
+        report[0xC0..0xE0].copy_from_slice(&crate::serve::config_digests(config).snp_host_data);
+        let dev = snp::SnpDevice::with_tsm(
+            &GuestPaths::default(),
+            Box::new(RecordedFs::new("sev_guest", report, vec![])),
+        );
+        assert_eq!(
+            dev.bind_config(config).expect("bound"),
+            ConfigBinding::HostData
+        );
+        assert!(dev.bind_config(b"{\"models\":[1]}").is_err());
+    }
+
+    #[test]
     fn auto_without_a_tee_fails_and_never_picks_the_simulator() {
         let paths = GuestPaths {
             tsm_report: "/nonexistent/tsm".into(),
