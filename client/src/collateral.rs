@@ -58,6 +58,10 @@ struct CachedTdx {
     collateral: QuoteCollateralV3,
 }
 
+/// How long after a failed refresh ahead of expiry the store waits before trying again (while
+/// it still serves the cached collateral, valid until its `nextUpdate`).
+pub const REFRESH_RETRY_SECS: u64 = 600;
+
 /// A disk cache of collateral in front of Intel PCS / AMD KDS.
 #[derive(Clone, Debug)]
 pub struct CollateralStore {
@@ -65,6 +69,9 @@ pub struct CollateralStore {
     pccs_url: String,
     kds_url: String,
     offline: bool,
+    refresh_ahead: Duration,
+    /// Cache entry -> time (`now` seconds) of its last failed refresh.
+    failed_refresh: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>>,
 }
 
 impl CollateralStore {
@@ -75,7 +82,23 @@ impl CollateralStore {
             pccs_url: pccs_url.unwrap_or_else(|| INTEL_PCS_URL.to_string()),
             kds_url: AMD_KDS_URL.to_string(),
             offline,
+            refresh_ahead: Duration::ZERO,
+            failed_refresh: Default::default(),
         }
+    }
+
+    /// Fetch Intel collateral anew once its `nextUpdate` is this close, so that a long-running
+    /// server never hands out collateral about to expire. Until the new one arrives the cached
+    /// one is served (it is still valid); a failed refresh is retried after
+    /// [`REFRESH_RETRY_SECS`]. Offline stores never refresh.
+    pub fn with_refresh_ahead(mut self, ahead: Duration) -> Self {
+        self.refresh_ahead = ahead;
+        self
+    }
+
+    /// The refresh-ahead window.
+    pub fn refresh_ahead(&self) -> Duration {
+        self.refresh_ahead
     }
 
     /// The default cache directory.
@@ -128,8 +151,29 @@ impl CollateralStore {
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(entry) = serde_json::from_slice::<CachedTdx>(&bytes) {
                 if now.secs() < entry.expires_at {
-                    tracing::debug!(path = %path.display(), "intel collateral from cache");
-                    return Ok(entry.collateral);
+                    if !self.refresh_due(&path, entry.expires_at, now) {
+                        tracing::debug!(path = %path.display(), "intel collateral from cache");
+                        return Ok(entry.collateral);
+                    }
+                    tracing::info!(path = %path.display(), expires_at = entry.expires_at,
+                        "intel collateral expires soon: refreshing");
+                    return Ok(match self.fetch_tdx(quote) {
+                        Ok(c) => {
+                            self.put_tdx(quote, &c)?;
+                            if let Ok(mut f) = self.failed_refresh.lock() {
+                                f.remove(&path);
+                            }
+                            c
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e,
+                                "refreshing intel collateral failed; serving the cached one, still valid");
+                            if let Ok(mut f) = self.failed_refresh.lock() {
+                                f.insert(path.clone(), now.secs());
+                            }
+                            entry.collateral
+                        }
+                    });
                 }
                 tracing::info!(path = %path.display(), "cached intel collateral expired");
             }
@@ -143,6 +187,22 @@ impl CollateralStore {
         let collateral = self.fetch_tdx(quote)?;
         self.put_tdx(quote, &collateral)?;
         Ok(collateral)
+    }
+
+    /// Whether a valid entry is close enough to expiry to fetch anew (and not just failed).
+    fn refresh_due(&self, path: &Path, expires_at: u64, now: Timestamp) -> bool {
+        if self.offline
+            || self.refresh_ahead.is_zero()
+            || now.secs().saturating_add(self.refresh_ahead.as_secs()) < expires_at
+        {
+            return false;
+        }
+        let last_failure = self
+            .failed_refresh
+            .lock()
+            .ok()
+            .and_then(|f| f.get(path).copied());
+        last_failure.is_none_or(|t| now.secs() >= t.saturating_add(REFRESH_RETRY_SECS))
     }
 
     fn fetch_tdx(&self, quote: &TdxQuote) -> Result<QuoteCollateralV3, CollateralError> {

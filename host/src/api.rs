@@ -151,10 +151,25 @@ async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) 
             }
         },
     };
-    let keep = q.nonce.is_none()
+    let mut keep = q.nonce.is_none()
         && api.collateral.is_some()
         && chrysalis_client::collateral::bundle_lacks_endorsements(&bundle);
-    let (bundle, collateral_error) = complete(&api, bundle).await;
+    let (mut bundle, mut collateral_error) = complete(&api, bundle).await;
+    if collateral_error.is_none() && collateral_due(&api, &bundle) {
+        // The Intel collateral it carries expires soon (or has): complete it anew, through the
+        // store, which fetches a newer one ahead of expiry. If that fails the bundle goes out
+        // as it was; expired collateral is then also said, not just served.
+        let mut stripped = bundle.clone();
+        stripped.tdx_collateral_json.clear();
+        match complete(&api, stripped).await {
+            (renewed, None) => {
+                keep =
+                    q.nonce.is_none() && renewed.tdx_collateral_json != bundle.tdx_collateral_json;
+                bundle = renewed;
+            }
+            (_, Some(e)) => collateral_error = Some(e),
+        }
+    }
     if keep && collateral_error.is_none() {
         // Keep the completed bundle, so the next request does not read the cache again.
         if let Ok(mut b) = vm.bundle.lock() {
@@ -172,6 +187,27 @@ async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) 
         o.insert("collateral_error".into(), serde_json::json!(e));
     }
     json(StatusCode::OK, v)
+}
+
+/// Whether the Intel collateral in a bundle is within the store's refresh-ahead window of its
+/// `nextUpdate`, or past it.
+fn collateral_due(api: &Api, bundle: &chrysalis_proto::EvidenceBundle) -> bool {
+    let Some(store) = &api.collateral else {
+        return false;
+    };
+    if bundle.platform != chrysalis_proto::Platform::Tdx as i32
+        || bundle.tdx_collateral_json.is_empty()
+    {
+        return false;
+    }
+    let Ok(c) = chrysalis_attestation::tdx::parse_collateral(&bundle.tdx_collateral_json) else {
+        return false;
+    };
+    let Ok(dates) = chrysalis_attestation::tdx::collateral_dates(&c) else {
+        return false;
+    };
+    let now = api.now.unwrap_or_else(chrysalis_client::inputs::now);
+    now.secs().saturating_add(store.refresh_ahead().as_secs()) >= dates.next_update.secs()
 }
 
 /// Add the endorsements the bundle lacks from the host's collateral cache (fetching them on a

@@ -36,7 +36,7 @@ pub struct HostConfig {
 /// `[collateral]`: Intel PCS (or a PCCS) and AMD KDS, cached on disk. An enclave cannot reach
 /// them itself; the host fetches what its evidence needs and serves it beside the evidence
 /// (`GET /v1/attestation`). Clients verify it like the evidence: it is signed by the vendor.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollateralConfig {
     /// Cache directory (relative to the file; default `STATE_DIR/collateral`).
@@ -46,6 +46,25 @@ pub struct CollateralConfig {
     /// Serve from the cache only; never fetch.
     #[serde(default)]
     pub offline: bool,
+    /// Fetch Intel collateral anew this many hours before its `nextUpdate` (0: only once it
+    /// has expired). Until then the cached one, still valid, is served.
+    #[serde(default = "default_refresh_ahead_hours")]
+    pub refresh_ahead_hours: u64,
+}
+
+fn default_refresh_ahead_hours() -> u64 {
+    24
+}
+
+impl Default for CollateralConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            pccs_url: None,
+            offline: false,
+            refresh_ahead_hours: default_refresh_ahead_hours(),
+        }
+    }
 }
 
 impl HostConfig {
@@ -59,6 +78,9 @@ impl HostConfig {
             self.collateral.pccs_url.clone(),
             self.collateral.offline,
         )
+        .with_refresh_ahead(std::time::Duration::from_secs(
+            self.collateral.refresh_ahead_hours.saturating_mul(3600),
+        ))
     }
 }
 

@@ -55,7 +55,16 @@ enum Command {
         /// QEMU binary.
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu: PathBuf,
+        /// Accelerator QEMU is asked through (`query-sev-capabilities` needs kvm).
+        #[arg(long, default_value = "kvm")]
+        accel: AccelArg,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AccelArg {
+    Kvm,
+    Tcg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,7 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{address}: given back to its default driver");
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckHost { qemu: q } => {
+        Command::CheckHost { qemu: q, accel } => {
             let s = gpu::Sysfs::default();
             for (k, v) in s.kvm_support() {
                 println!("{k:<18} {v}");
@@ -241,12 +250,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => println!("QEMU               {e}"),
             }
-            match qemu::SnpHost::detect() {
+            let cpuid = qemu::SnpHost::detect();
+            match cpuid {
                 Some(h) => println!(
-                    "SEV C-bit          {} (reduced phys bits {})",
+                    "SEV C-bit (CPUID)  {} (reduced phys bits {})",
                     h.cbitpos, h.reduced_phys_bits
                 ),
-                None => println!("SEV                not reported by this CPU"),
+                None => println!("SEV (CPUID)        not reported by this CPU"),
+            }
+            let accel = match accel {
+                AccelArg::Kvm => chrysalis_host::config::Accelerator::Kvm,
+                AccelArg::Tcg => chrysalis_host::config::Accelerator::Tcg,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            match rt.block_on(qemu::query_sev_capabilities(
+                &q,
+                accel,
+                std::time::Duration::from_secs(15),
+            )) {
+                Ok(c) => {
+                    println!(
+                        "SEV (QEMU/KVM)     available: C-bit {}, reduced phys bits {}, cpu0-id {}",
+                        c.cbitpos, c.reduced_phys_bits, c.cpu0_id
+                    );
+                    if let Some(h) = cpuid.filter(|h| {
+                        (h.cbitpos, h.reduced_phys_bits) != (c.cbitpos, c.reduced_phys_bits)
+                    }) {
+                        println!(
+                            "WARNING            CPUID says C-bit {} / {}, QEMU says {} / {}: launches use CPUID's",
+                            h.cbitpos, h.reduced_phys_bits, c.cbitpos, c.reduced_phys_bits
+                        );
+                    }
+                }
+                Err(e) => println!("SEV (QEMU/KVM)     not available: {e}"),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -114,6 +114,121 @@ impl SnpHost {
     }
 }
 
+/// The host's SEV capabilities as QEMU reports them (QMP `query-sev-capabilities`): what KVM
+/// and the PSP firmware actually offer, which CPUID alone does not say.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SevCapabilities {
+    /// C-bit position.
+    pub cbitpos: u32,
+    /// Physical address bits lost to encryption.
+    pub reduced_phys_bits: u32,
+    /// The chip id of CPU 0 (base64, as QEMU gives it): the AMD KDS key for this chip's VCEK.
+    pub cpu0_id: String,
+    /// Length of the platform Diffie-Hellman key (base64 text), present on SEV hosts.
+    pub pdh_len: usize,
+}
+
+impl SevCapabilities {
+    /// Read a QMP reply to `query-sev-capabilities`. A QMP error (no KVM, SEV disabled in KVM,
+    /// no `/dev/sev`) is returned as QEMU's own words.
+    pub fn from_qmp(reply: &serde_json::Value) -> Result<Self, String> {
+        if let Some(err) = reply.get("error") {
+            return Err(format!(
+                "QEMU: {}",
+                err.get("desc")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("error without description")
+            ));
+        }
+        let r = reply
+            .get("return")
+            .ok_or("QMP reply has neither return nor error")?;
+        let num = |k: &str| {
+            r.get(k)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| format!("query-sev-capabilities: no {k}"))
+        };
+        let text = |k: &str| {
+            r.get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| format!("query-sev-capabilities: no {k}"))
+        };
+        let caps = Self {
+            cbitpos: num("cbitpos")?,
+            reduced_phys_bits: num("reduced-phys-bits")?,
+            cpu0_id: text("cpu0-id")?,
+            pdh_len: text("pdh")?.len(),
+        };
+        if !(32..=63).contains(&caps.cbitpos) {
+            return Err(format!(
+                "query-sev-capabilities: cbitpos {} is not a physical address bit",
+                caps.cbitpos
+            ));
+        }
+        Ok(caps)
+    }
+}
+
+/// Ask QEMU for the host's SEV capabilities: start it with no machine and no guest, query
+/// over QMP, stop it. Bounded by `timeout` (a broken KVM may hang instead of failing).
+pub async fn query_sev_capabilities(
+    qemu: &Path,
+    accelerator: Accelerator,
+    timeout: std::time::Duration,
+) -> Result<SevCapabilities, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let sock = dir.path().join("qmp.sock");
+    let accel = match accelerator {
+        Accelerator::Kvm => "kvm",
+        Accelerator::Tcg => "tcg",
+    };
+    let mut child = tokio::process::Command::new(qemu)
+        .args([
+            "-machine",
+            "none",
+            "-accel",
+            accel,
+            "-nodefaults",
+            "-nographic",
+            "-S",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", path_arg(&sock)?))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", qemu.display()))?;
+    let ask = async {
+        loop {
+            if sock.exists() {
+                return crate::vm::qmp(&sock, "query-sev-capabilities").await;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use tokio::io::AsyncReadExt as _;
+                    let _ = e.read_to_string(&mut err).await;
+                }
+                return Err(format!("QEMU exited ({status}): {}", err.trim()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let reply = tokio::time::timeout(timeout, ask).await;
+    let _ = child.kill().await;
+    match reply {
+        Ok(r) => SevCapabilities::from_qmp(&r?),
+        Err(_) => Err(format!(
+            "QEMU ({accel}) gave no answer within {} s",
+            timeout.as_secs()
+        )),
+    }
+}
+
 /// An SNP ID block as QEMU takes it (checked: see `vm::prepare`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnpIdBlock {
@@ -482,6 +597,60 @@ mod tests {
         assert_eq!(decoded("id-auth"), Some(vec![2; 4096]));
         assert_eq!(prop("author-key-enabled").as_deref(), Some("on"));
         Ok(())
+    }
+
+    #[test]
+    fn sev_capabilities_replies() {
+        // The example reply of QEMU's QAPI schema (qapi/misc-target.json), and Milan's values.
+        let ok = serde_json::json!({"return": {"pdh": "8CCDD8DDD", "cert-chain": "888CCCDDDEE",
+            "cpu0-id": "2lvmGwo+", "cbitpos": 47, "reduced-phys-bits": 1}});
+        let c = SevCapabilities::from_qmp(&ok).expect("capabilities");
+        assert_eq!((c.cbitpos, c.reduced_phys_bits), (47, 1));
+        assert_eq!(c.cpu0_id, "2lvmGwo+");
+        let err = serde_json::json!({"error": {"class": "GenericError", "desc": "SEV is not enabled in KVM"}});
+        let e = SevCapabilities::from_qmp(&err).expect_err("error");
+        assert_eq!(e, "QEMU: SEV is not enabled in KVM");
+        let mut bad = ok.clone();
+        bad["return"]["cbitpos"] = serde_json::json!(7);
+        assert!(SevCapabilities::from_qmp(&bad).is_err());
+        let mut missing = ok;
+        if let Some(o) = missing["return"].as_object_mut() {
+            o.remove("cpu0-id");
+        }
+        assert!(SevCapabilities::from_qmp(&missing)
+            .expect_err("missing")
+            .contains("cpu0-id"));
+    }
+
+    /// The real QMP exchange with the QEMU on this machine (TCG: no KVM here, so QEMU answers
+    /// with its error, which must come back as an error, not as capabilities).
+    #[test]
+    fn sev_capabilities_from_a_real_qemu() {
+        let qemu = std::path::Path::new("qemu-system-x86_64");
+        if QemuVersion::of(qemu).is_err() {
+            if std::env::var_os("CHRYSALIS_REQUIRE_FIXTURES").is_some() {
+                panic!("qemu-system-x86_64 is not installed");
+            }
+            eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let r = rt.block_on(query_sev_capabilities(
+            qemu,
+            Accelerator::Tcg,
+            std::time::Duration::from_secs(30),
+        ));
+        let e = r.expect_err("TCG has no SEV");
+        assert!(e.starts_with("QEMU: ") && e.contains("KVM"), "{e}");
+        let r = rt.block_on(query_sev_capabilities(
+            std::path::Path::new("/nonexistent/qemu"),
+            Accelerator::Tcg,
+            std::time::Duration::from_secs(5),
+        ));
+        assert!(r.expect_err("no binary").contains("/nonexistent/qemu"));
     }
 
     #[test]

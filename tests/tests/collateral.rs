@@ -67,6 +67,10 @@ fn verify(fallback: &chrysalis_attestation::verify::Endorsements) -> RemoteError
 }
 
 async fn host_api(store: CollateralStore) -> String {
+    host_api_at(store, at()).await
+}
+
+async fn host_api_at(store: CollateralStore, now: Timestamp) -> String {
     let config: chrysalis_host::config::VmConfig = toml::from_str(
         "name = \"td\"\nimage = \"x\"\nplatform = \"tdx\"\nvcpus = 1\nmemory = \"1G\"\nclient_listen = \"127.0.0.1:0\"\n",
     )
@@ -78,7 +82,7 @@ async fn host_api(store: CollateralStore) -> String {
     let app = chrysalis_host::api::router(chrysalis_host::api::Api {
         vms: Arc::new(vec![vm]),
         collateral: Some(store),
-        now: Some(at()),
+        now: Some(now),
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -160,4 +164,72 @@ fn the_local_cache_completes_a_bundle_too() {
     let mut b = bare_bundle();
     let e = complete_bundle(&mut b, &store, late).expect_err("expired");
     assert!(e.to_string().contains("no cached Intel collateral"), "{e}");
+}
+
+/// A PCS that accepts connections and closes them at once: every fetch fails, each one counted.
+fn dead_pcs() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = n.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            if s.is_ok() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    (url, n)
+}
+
+#[test]
+fn collateral_is_refreshed_ahead_of_expiry_and_the_valid_one_served_meanwhile() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // The fixture's earliest nextUpdate (TCB info).
+    let next_update = Timestamp::parse("2025-07-19T10:16:03Z").expect("time");
+    let t = |delta: i64| Timestamp(next_update.secs().saturating_add_signed(delta));
+    let dir = tempfile::tempdir().expect("tmp");
+    offline_store(dir.path(), true);
+    let (url, attempts) = dead_pcs();
+    let store = CollateralStore::new(dir.path().to_path_buf(), Some(url), false)
+        .with_refresh_ahead(std::time::Duration::from_secs(24 * 3600));
+    let complete_at = |now: Timestamp| {
+        let mut b = bare_bundle();
+        complete_bundle(&mut b, &store, now).map(|_| b)
+    };
+    // Two days ahead: the cache serves, nothing is fetched.
+    let b = complete_at(t(-48 * 3600)).expect("cached");
+    assert!(!b.tdx_collateral_json.is_empty());
+    assert_eq!(attempts.load(SeqCst), 0);
+    // One hour ahead: a refresh is tried; it fails, and the cached one (still valid) is served.
+    let b = complete_at(t(-3600)).expect("cached while the refresh fails");
+    assert!(!b.tdx_collateral_json.is_empty());
+    let tried = attempts.load(SeqCst);
+    assert!(tried >= 1, "a refresh was attempted");
+    // A minute later: within the retry delay, not tried again.
+    complete_at(t(-3540)).expect("cached");
+    assert_eq!(attempts.load(SeqCst), tried);
+    // After the retry delay: tried again.
+    let retry = chrysalis_client::collateral::REFRESH_RETRY_SECS as i64;
+    complete_at(t(-3600 + retry + 1)).expect("cached");
+    assert!(attempts.load(SeqCst) > tried);
+    // Past nextUpdate the cached one is never served: the failed fetch is the answer.
+    let e = complete_at(t(1)).expect_err("expired and unfetchable");
+    assert!(e.to_string().contains("fetching Intel collateral"), "{e}");
+
+    // The host agent does the same for the bundles it serves, and says when it cannot.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        // (Past the retry delay of the last failure above: the store is shared.)
+        let url = host_api_at(store.clone(), t(-3600 + 2 * retry + 2)).await;
+        let before = attempts.load(SeqCst);
+        let served = remote::host_bundle(&url).await.expect("host bundle");
+        assert!(!served.tdx_collateral_json.is_empty());
+        assert!(attempts.load(SeqCst) > before, "the host tried to refresh");
+        let late = host_api_at(store.clone(), t(3600)).await;
+        let e = remote::endorsements_from(&CollateralSource::Host(late), &bare_bundle(), t(3600))
+            .await
+            .expect_err("expired, not refreshed");
+        assert!(e.to_string().contains("Intel collateral"), "{e}");
+    });
 }
