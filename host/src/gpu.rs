@@ -3,8 +3,9 @@
 //! directory, so it is tested on a recorded tree.
 //!
 //! Confidential-computing mode is a GPU setting that sysfs does not show: it is set and read with
-//! NVIDIA's gpu-admin-tools while the host driver owns the GPU, before binding it to vfio-pci.
-//! The enclave then reads it through NVML inside the VM and reports it in its evidence.
+//! NVIDIA's gpu-admin-tools (`nvidia_gpu_tools.py --query-cc-mode`), which [`query_cc_mode`] runs
+//! and reads. The enclave then reads it again through NVML inside the VM and reports it in its
+//! evidence: the host's reading is for the operator, never for a verifier.
 
 use std::path::{Path, PathBuf};
 
@@ -132,6 +133,74 @@ impl Sysfs {
     }
 }
 
+/// A GPU's confidential-computing mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CcMode {
+    /// CC on: what a confidential VM needs.
+    On,
+    /// CC with developer tools (profiling allowed): not for production.
+    Devtools,
+    /// CC off.
+    Off,
+}
+
+/// Read the CC mode of `addr` from gpu-admin-tools' output: it logs one line per GPU naming its
+/// PCI address and ending "CC mode is on|off|devtools".
+pub fn parse_cc_mode(output: &str, addr: &str) -> Result<CcMode, String> {
+    let addr = addr.to_ascii_lowercase();
+    for line in output.lines() {
+        if !line.to_ascii_lowercase().contains(&addr) {
+            continue;
+        }
+        if line.contains("not supported") {
+            return Err(format!("{addr}: this GPU does not support CC mode"));
+        }
+        if let Some((_, mode)) = line.split_once("CC mode is ") {
+            return match mode.trim() {
+                "on" => Ok(CcMode::On),
+                "devtools" => Ok(CcMode::Devtools),
+                "off" => Ok(CcMode::Off),
+                other => Err(format!("{addr}: unknown CC mode {other:?}")),
+            };
+        }
+    }
+    Err(format!(
+        "{addr}: gpu-admin-tools did not report a CC mode for it"
+    ))
+}
+
+/// Ask NVIDIA's gpu-admin-tools (`tool`: the path of `nvidia_gpu_tools.py`) for a GPU's CC mode.
+/// Run it while the host driver, not vfio-pci, owns the GPU, as root.
+pub fn query_cc_mode(tool: &Path, addr: &str) -> Result<CcMode, String> {
+    crate::config::check_pci_address(addr).map_err(|e| e.0)?;
+    let out = std::process::Command::new("python3")
+        .arg(tool)
+        .args([
+            "--mmio-access-type=sysfs",
+            "--query-cc-mode",
+            "--gpu-bdf",
+            addr,
+        ])
+        .output()
+        .map_err(|e| format!("python3 {}: {e}", tool.display()))?;
+    // It logs to stderr or stdout depending on its version.
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match parse_cc_mode(&text, addr) {
+        Ok(m) => Ok(m),
+        Err(e) if !out.status.success() => Err(format!(
+            "{} exited with {}: {e}",
+            tool.display(),
+            out.status
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +231,34 @@ mod tests {
         std::fs::write(r.join("bus/pci/drivers_probe"), "").expect("w");
         let root = r.to_path_buf();
         (t, Sysfs { root })
+    }
+
+    #[test]
+    fn cc_mode_lines() {
+        // Lines as gpu-admin-tools logs them: `info(f"{gpu} CC mode is {cc_mode}")`, where the
+        // GPU prints as "GPU <bdf> <name> <device id> BAR0 <addr>" (written here by hand in
+        // that format; no H100 host was available to record one).
+        let out = "2026-11-22,10:00:00.000 INFO     GPU 0000:17:00.0 H100-SXM5 0x2330 BAR0 0x1c04000000 CC mode is on\n\
+                   2026-11-22,10:00:00.100 INFO     GPU 0000:65:00.0 H100-SXM5 0x2330 BAR0 0x1d04000000 CC mode is devtools\n";
+        assert_eq!(parse_cc_mode(out, "0000:17:00.0"), Ok(CcMode::On));
+        assert_eq!(parse_cc_mode(out, "0000:65:00.0"), Ok(CcMode::Devtools));
+        let e = parse_cc_mode(out, "0000:18:00.0").expect_err("not listed");
+        assert!(e.contains("did not report"), "{e}");
+        let e = parse_cc_mode(
+            "... ERROR Querying CC mode is not supported on GPU 0000:17:00.0 A100",
+            "0000:17:00.0",
+        )
+        .expect_err("unsupported");
+        assert!(e.contains("does not support"), "{e}");
+        let e = parse_cc_mode("GPU 0000:17:00.0 H100 CC mode is maybe", "0000:17:00.0")
+            .expect_err("odd");
+        assert!(e.contains("unknown CC mode"), "{e}");
+        let e = query_cc_mode(
+            Path::new("/nonexistent/nvidia_gpu_tools.py"),
+            "0000:17:00.0",
+        )
+        .expect_err("no tool");
+        assert!(e.contains("nvidia_gpu_tools.py"), "{e}");
     }
 
     #[test]

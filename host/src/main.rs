@@ -69,11 +69,14 @@ enum AccelArg {
 
 #[derive(Debug, Subcommand)]
 enum GpuCommand {
-    /// List NVIDIA GPUs with driver and IOMMU group.
+    /// List NVIDIA GPUs with driver and IOMMU group (and CC mode, with --gpu-admin-tools).
     List {
         /// sysfs root.
         #[arg(long, default_value = "/sys")]
         sysfs: PathBuf,
+        /// NVIDIA gpu-admin-tools' nvidia_gpu_tools.py, to read each GPU's CC mode.
+        #[arg(long, value_name = "FILE")]
+        gpu_admin_tools: Option<PathBuf>,
     },
     /// Bind a GPU to vfio-pci for passthrough.
     Bind {
@@ -191,19 +194,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gpus(GpuCommand::List { sysfs }) => {
+        Command::Gpus(GpuCommand::List {
+            sysfs,
+            gpu_admin_tools,
+        }) => {
             let s = gpu::Sysfs { root: sysfs };
             let gpus = s.gpus()?;
             if gpus.is_empty() {
                 println!("no NVIDIA GPU found");
             }
             for g in gpus {
+                let cc = match &gpu_admin_tools {
+                    None => "CC mode unknown (pass --gpu-admin-tools)".to_string(),
+                    Some(_) if g.driver.as_deref() == Some("vfio-pci") => {
+                        "CC mode unknown (bound to vfio-pci: unbind to query)".to_string()
+                    }
+                    Some(tool) => match gpu::query_cc_mode(tool, &g.address) {
+                        Ok(gpu::CcMode::On) => "CC mode on".to_string(),
+                        Ok(gpu::CcMode::Devtools) => {
+                            "CC mode devtools (NOT for production)".to_string()
+                        }
+                        Ok(gpu::CcMode::Off) => {
+                            "CC mode OFF (a confidential VM needs it on)".to_string()
+                        }
+                        Err(e) => format!("CC mode unknown: {e}"),
+                    },
+                };
                 println!(
-                    "{}  device {}  driver {}  iommu group {}  (CC mode: check with NVIDIA gpu-admin-tools before binding)",
+                    "{}  device {}  driver {}  iommu group {}  {cc}",
                     g.address,
                     g.device,
                     g.driver.as_deref().unwrap_or("none"),
-                    g.iommu_group.as_deref().unwrap_or("NONE (passthrough impossible)")
+                    g.iommu_group
+                        .as_deref()
+                        .unwrap_or("NONE (passthrough impossible)")
                 );
             }
             Ok(ExitCode::SUCCESS)
