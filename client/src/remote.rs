@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256, Sha384};
 use zeroize::Zeroizing;
 
 /// OID of the RA-TLS evidence extension (see docs/protocol.md).
-pub const RATLS_EXTENSION_OID: &str = "1.3.6.1.4.1.62830.1.1";
+pub use chrysalis_proto::binding::RATLS_EXTENSION_OID_TEXT as RATLS_EXTENSION_OID;
 
 /// Why talking to an enclave failed.
 #[derive(Debug, thiserror::Error)]
@@ -833,6 +833,62 @@ pub async fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OID: &[u64] = chrysalis_proto::binding::RATLS_EXTENSION_OID;
+
+    /// A self-signed certificate with `ext` (content, critical) under our OID, as the enclave
+    /// makes them; with its key's SPKI DER.
+    fn cert(ext: Option<(&[u8], bool)>) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["chrysalis-enclave".to_owned()]).expect("params");
+        if let Some((content, critical)) = ext {
+            let mut e = rcgen::CustomExtension::from_oid_content(OID, content.to_vec());
+            e.set_criticality(critical);
+            params.custom_extensions.push(e);
+        }
+        let der = params.self_signed(&key).expect("cert").der().to_vec();
+        (der, key.public_key_der())
+    }
+
+    fn rejection(der: &[u8]) -> String {
+        parse_ratls_cert(der)
+            .map(|_| "accepted".to_string())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn ratls_certificates_are_read_strictly() {
+        use prost::Message;
+        let bundle = EvidenceBundle {
+            version: 1,
+            evidence: vec![1, 2, 3],
+            ..Default::default()
+        };
+        assert_eq!(
+            OID.iter().map(u64::to_string).collect::<Vec<_>>().join("."),
+            RATLS_EXTENSION_OID,
+            "the arcs and the dotted form name the same OID"
+        );
+        let (der, spki) = cert(Some((&bundle.encode_to_vec(), true)));
+        let (got, spki_sha256, got_spki) = parse_ratls_cert(&der).expect("a well-formed one");
+        assert_eq!(got, bundle);
+        assert_eq!(got_spki, spki);
+        assert_eq!(spki_sha256, <[u8; 32]>::from(Sha256::digest(&spki)));
+
+        // Not a certificate, or cut short.
+        assert!(rejection(b"not a certificate").contains("certificate:"));
+        assert!(rejection(&der[..der.len() / 2]).contains("certificate:"));
+        // A certificate without our extension: an ordinary TLS server, not an enclave.
+        let (plain, _) = cert(None);
+        assert!(rejection(&plain).contains("carries no Chrysalis evidence"));
+        // The extension must be critical, so that a verifier that does not know it fails.
+        let (lax, _) = cert(Some((&bundle.encode_to_vec(), false)));
+        assert!(rejection(&lax).contains("not marked critical"));
+        // Content that is not a bundle.
+        let (junk, _) = cert(Some((&[0xff, 0xff, 0xff], true)));
+        assert!(rejection(&junk).contains("evidence extension"));
+    }
 
     #[test]
     fn urls() {

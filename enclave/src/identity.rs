@@ -18,10 +18,7 @@ use zeroize::Zeroizing;
 use crate::gpu::GpuDevice;
 use crate::tee::{ConfigBinding, TeeDevice};
 
-/// OID of the RA-TLS evidence extension: a provisional private arc of this project
-/// (`1.3.6.1.4.1.62830.1.1`), documented in docs/protocol.md. The extension is critical, and its
-/// content is the protobuf `EvidenceBundle` (nonce empty) that binds this certificate's key.
-pub const RATLS_EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 62830, 1, 1];
+pub use chrysalis_proto::binding::RATLS_EXTENSION_OID;
 
 /// Errors while building the identity or evidence.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,14 @@ use crate::v1::{GpuEvidence, GpuStatus};
 
 /// The binding version this code implements.
 pub const BINDING_VERSION: u32 = 1;
+
+/// OID of the RA-TLS evidence extension, as arcs: a provisional private arc of this project
+/// (`1.3.6.1.4.1.62830.1.1`), documented in docs/protocol.md. The extension is critical, and its
+/// content is the protobuf `EvidenceBundle` (nonce empty) that binds the certificate's key.
+pub const RATLS_EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 62830, 1, 1];
+
+/// The same OID in dotted form.
+pub const RATLS_EXTENSION_OID_TEXT: &str = "1.3.6.1.4.1.62830.1.1";
 /// Domain tag of binding version 1 (NUL-terminated).
 pub const DOMAIN_TAG_V1: &[u8] = b"chrysalis/report-data/v1\0";
 /// Shortest accepted client nonce, in bytes.
