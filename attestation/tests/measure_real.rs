@@ -254,11 +254,13 @@ fn snp_id_block_matches_sev_snp_measure() {
     };
     assert_eq!(masked(&ours.id_auth), masked(&tool_auth));
     // The tool's signatures verify under our verifier, and ours under the same check.
-    let (parsed, id_digest, author_digest) =
-        verify_id_block(&tool_block, &tool_auth, true).expect("the tool's block verifies");
-    assert_eq!(parsed, block);
-    assert_eq!(id_digest.as_slice(), tool_id_digest.as_slice());
-    assert_eq!(author_digest.map(|d| d.to_vec()), Some(tool_author_digest));
+    let v = verify_id_block(&tool_block, &tool_auth, true).expect("the tool's block verifies");
+    assert_eq!(v.block, block);
+    assert_eq!(v.id_key_digest.as_slice(), tool_id_digest.as_slice());
+    assert_eq!(
+        v.author_key_digest.map(|d| d.to_vec()),
+        Some(tool_author_digest)
+    );
     verify_id_block(&ours.id_block, &ours.id_auth, true).expect("ours verifies");
     // A block for another digest does not pass with this signature.
     let mut other = tool_block.clone();

@@ -324,8 +324,8 @@ pub fn expected_measurements(p: &Prepared) -> serde_json::Value {
                     "platform": "snp",
                     "measurement": hex::encode(m),
                     "host_data": p.launch.snp_host_data.map(hex::encode),
-                    "id_key_digest": id.as_ref().map(|i| hex::encode(i.1)),
-                    "author_key_digest": id.as_ref().and_then(|i| i.2.map(hex::encode)),
+                    "id_key_digest": id.as_ref().map(|i| hex::encode(i.id_key_digest)),
+                    "author_key_digest": id.as_ref().and_then(|i| i.author_key_digest.map(hex::encode)),
                 })
             }
             Err(e) => serde_json::json!({"platform": "snp", "error": e.to_string()}),

@@ -73,12 +73,12 @@ impl IdBlock {
 
     /// Parse 96 bytes (VERSION must be 1).
     pub fn from_bytes(b: &[u8]) -> Result<Self, MeasureError> {
-        if b.len() != ID_BLOCK_LEN {
-            return Err(id_err(format!(
+        let b: &[u8; ID_BLOCK_LEN] = b.try_into().map_err(|_| {
+            id_err(format!(
                 "ID block is {} bytes, expected {ID_BLOCK_LEN}",
                 b.len()
-            )));
-        }
+            ))
+        })?;
         let version = u32::from_le_bytes(arr(&b[80..84]));
         if version != 1 {
             return Err(id_err(format!("ID block version {version}, expected 1")));
@@ -156,17 +156,18 @@ pub fn encode_public_key(key: &VerifyingKey) -> [u8; PUBKEY_LEN] {
 
 /// Parse a public key in the firmware's format.
 pub fn decode_public_key(b: &[u8]) -> Result<VerifyingKey, MeasureError> {
-    if b.len() != PUBKEY_LEN {
-        return Err(id_err(format!("public key is {} bytes", b.len())));
-    }
+    let b: &[u8; PUBKEY_LEN] = b
+        .try_into()
+        .map_err(|_| id_err(format!("public key is {} bytes", b.len())))?;
     let curve = u32::from_le_bytes(arr(&b[0..4]));
     if curve != CURVE_P384 {
         return Err(id_err(format!(
             "public key curve {curve}, expected 2 (P-384)"
         )));
     }
-    let x = be48(&b[4..4 + FIELD]).ok_or_else(|| id_err("public key X exceeds 48 bytes".into()))?;
-    let y = be48(&b[4 + FIELD..4 + 2 * FIELD])
+    let x = be48(&arr(&b[4..4 + FIELD]))
+        .ok_or_else(|| id_err("public key X exceeds 48 bytes".into()))?;
+    let y = be48(&arr(&b[4 + FIELD..4 + 2 * FIELD]))
         .ok_or_else(|| id_err("public key Y exceeds 48 bytes".into()))?;
     let point = p384::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
     VerifyingKey::from_encoded_point(&point)
@@ -174,7 +175,7 @@ pub fn decode_public_key(b: &[u8]) -> Result<VerifyingKey, MeasureError> {
 }
 
 /// A 72-byte little-endian field as a 48-byte big-endian number (None if it is larger).
-fn be48(le: &[u8]) -> Option<[u8; 48]> {
+fn be48(le: &[u8; FIELD]) -> Option<[u8; 48]> {
     if le[48..].iter().any(|&b| b != 0) {
         return None;
     }
@@ -199,10 +200,15 @@ fn sign(key: &SigningKey, data: &[u8]) -> [u8; SIG_LEN] {
     b
 }
 
-fn verify(key: &VerifyingKey, data: &[u8], sig: &[u8], what: &str) -> Result<(), MeasureError> {
+fn verify(
+    key: &VerifyingKey,
+    data: &[u8],
+    sig: &[u8; SIG_LEN],
+    what: &str,
+) -> Result<(), MeasureError> {
     let bad = || id_err(format!("{what}: malformed signature"));
-    let r = be48(&sig[0..FIELD]).ok_or_else(bad)?;
-    let s = be48(&sig[FIELD..2 * FIELD]).ok_or_else(bad)?;
+    let r = be48(&arr(&sig[0..FIELD])).ok_or_else(bad)?;
+    let s = be48(&arr(&sig[FIELD..2 * FIELD])).ok_or_else(bad)?;
     let sig = Signature::from_scalars(r, s).map_err(|_| bad())?;
     key.verify(data, &sig)
         .map_err(|_| id_err(format!("{what}: the signature does not verify")))
@@ -216,7 +222,7 @@ pub fn sign_id_block(
 ) -> SignedIdBlock {
     let id_block = block.to_bytes();
     let id_pub = encode_public_key(id_key.verifying_key());
-    let mut auth = vec![0u8; ID_AUTH_LEN];
+    let mut auth = [0u8; ID_AUTH_LEN];
     auth[0..4].copy_from_slice(&ALGO_ECDSA_P384_SHA384.to_le_bytes());
     auth[AUTH_ID_BLOCK_SIG..AUTH_ID_BLOCK_SIG + SIG_LEN].copy_from_slice(&sign(id_key, &id_block));
     auth[AUTH_ID_KEY..AUTH_ID_KEY + PUBKEY_LEN].copy_from_slice(&id_pub);
@@ -229,10 +235,21 @@ pub fn sign_id_block(
     });
     SignedIdBlock {
         id_block,
-        id_auth: auth,
+        id_auth: auth.to_vec(),
         id_key_digest: key_digest(id_key.verifying_key()),
         author_key_digest,
     }
+}
+
+/// An ID block whose signatures verified, with the key digests reports will carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedIdBlock {
+    /// The block.
+    pub block: IdBlock,
+    /// ID_KEY_DIGEST.
+    pub id_key_digest: [u8; 48],
+    /// AUTHOR_KEY_DIGEST, with the author key enabled.
+    pub author_key_digest: Option<[u8; 48]>,
 }
 
 /// Check an ID block and its authentication block as the firmware does: the ID key's signature
@@ -242,14 +259,14 @@ pub fn verify_id_block(
     id_block: &[u8],
     id_auth: &[u8],
     author_key_enabled: bool,
-) -> Result<(IdBlock, [u8; 48], Option<[u8; 48]>), MeasureError> {
+) -> Result<VerifiedIdBlock, MeasureError> {
     let block = IdBlock::from_bytes(id_block)?;
-    if id_auth.len() != ID_AUTH_LEN {
-        return Err(id_err(format!(
+    let id_auth: &[u8; ID_AUTH_LEN] = id_auth.try_into().map_err(|_| {
+        id_err(format!(
             "authentication block is {} bytes, expected {ID_AUTH_LEN}",
             id_auth.len()
-        )));
-    }
+        ))
+    })?;
     let algo = u32::from_le_bytes(arr(&id_auth[0..4]));
     if algo != ALGO_ECDSA_P384_SHA384 {
         return Err(id_err(format!("ID_KEY_ALGO {algo}, expected 1")));
@@ -259,7 +276,7 @@ pub fn verify_id_block(
     verify(
         &id_key,
         id_block,
-        &id_auth[AUTH_ID_BLOCK_SIG..AUTH_ID_BLOCK_SIG + SIG_LEN],
+        &arr(&id_auth[AUTH_ID_BLOCK_SIG..AUTH_ID_BLOCK_SIG + SIG_LEN]),
         "ID block signature",
     )?;
     let author = if author_key_enabled {
@@ -271,14 +288,18 @@ pub fn verify_id_block(
         verify(
             &author,
             id_pub,
-            &id_auth[AUTH_ID_KEY_SIG..AUTH_ID_KEY_SIG + SIG_LEN],
+            &arr(&id_auth[AUTH_ID_KEY_SIG..AUTH_ID_KEY_SIG + SIG_LEN]),
             "ID key signature by the author key",
         )?;
         Some(key_digest(&author))
     } else {
         None
     };
-    Ok((block, key_digest(&id_key), author))
+    Ok(VerifiedIdBlock {
+        block,
+        id_key_digest: key_digest(&id_key),
+        author_key_digest: author,
+    })
 }
 
 /// The file `chrysalis measure snp-id-block --json` writes and the host agent reads
@@ -347,20 +368,19 @@ impl IdBlockFile {
         };
         let block_bytes = unhex("id_block", &self.id_block)?;
         let auth_bytes = unhex("id_auth", &self.id_auth)?;
-        let (block, id_digest, author_digest) =
-            verify_id_block(&block_bytes, &auth_bytes, self.author_key_enabled)?;
+        let v = verify_id_block(&block_bytes, &auth_bytes, self.author_key_enabled)?;
         let signed = SignedIdBlock {
-            id_block: block.to_bytes(),
+            id_block: v.block.to_bytes(),
             id_auth: auth_bytes.clone(),
-            id_key_digest: id_digest,
-            author_key_digest: author_digest,
+            id_key_digest: v.id_key_digest,
+            author_key_digest: v.author_key_digest,
         };
         if Self::new(&signed)? != *self {
             return Err(id_err(
                 "the file's fields do not match its id_block and id_auth bytes".into(),
             ));
         }
-        Ok((block, block_bytes, auth_bytes))
+        Ok((v.block, block_bytes, auth_bytes))
     }
 }
 
@@ -391,10 +411,10 @@ mod tests {
         let a = sign_id_block(&block(), &id, Some(&author));
         let b = sign_id_block(&block(), &id, Some(&author));
         assert_eq!(a, b, "RFC 6979 signing is deterministic");
-        let (parsed, idd, ad) = verify_id_block(&a.id_block, &a.id_auth, true).expect("verify");
-        assert_eq!(parsed, block());
-        assert_eq!(idd, a.id_key_digest);
-        assert_eq!(ad, a.author_key_digest);
+        let v = verify_id_block(&a.id_block, &a.id_auth, true).expect("verify");
+        assert_eq!(v.block, block());
+        assert_eq!(v.id_key_digest, a.id_key_digest);
+        assert_eq!(v.author_key_digest, a.author_key_digest);
         assert_ne!(Some(a.id_key_digest), a.author_key_digest);
     }
 
