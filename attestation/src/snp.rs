@@ -216,6 +216,14 @@ pub fn parse_certificate(what: &'static str, bytes: &[u8]) -> Result<Certificate
 
 /// Decode a PEM bundle of certificates (the ASK/ARK chain as AMD KDS serves it).
 pub fn parse_pem_chain(bytes: &[u8]) -> Result<Vec<Certificate>, ParseError> {
+    // x509-cert 0.2.5's `load_pem_chain` underflows on input that is empty once its trailing
+    // CR/LF are stripped (a panic in debug builds): refuse that here, before it sees it.
+    if bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+        return Err(ParseError::Certificate {
+            what: "chain",
+            reason: "no PEM certificate found".into(),
+        });
+    }
     let certs = Certificate::load_pem_chain(bytes).map_err(|e| ParseError::Certificate {
         what: "chain",
         reason: e.to_string(),
@@ -536,6 +544,15 @@ mod tests {
         for (name, ark, ask) in builtin_roots() {
             assert!(Certificate::from_pem(ark).is_ok(), "{name} ARK");
             assert!(Certificate::from_pem(ask).is_ok(), "{name} ASK");
+        }
+    }
+
+    #[test]
+    fn empty_chains_are_errors_not_panics() {
+        // x509-cert's `load_pem_chain` underflows on these (found by the fuzz smoke test).
+        for input in [&b""[..], b"\n", b"\r\n\r\n"] {
+            let e = parse_pem_chain(input).expect_err("empty");
+            assert!(e.to_string().contains("no PEM certificate"), "{e}");
         }
     }
 }
