@@ -138,10 +138,7 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
 }
 
 /// Decode a fixed-size hex value from text (policies, bundles).
-pub(crate) fn hex_array<const N: usize>(
-    what: &'static str,
-    text: &str,
-) -> Result<[u8; N], ParseError> {
+pub fn hex_array<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N], ParseError> {
     let text = text.trim();
     let text = text.strip_prefix("0x").unwrap_or(text);
     let bytes = hex::decode(text).map_err(|e| ParseError::Hex {

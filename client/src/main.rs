@@ -562,8 +562,7 @@ fn measure_tdx(args: MeasureTdxArgs) -> Result<ExitCode, UsageError> {
 
 fn measure_snp(args: MeasureSnpArgs) -> Result<ExitCode, UsageError> {
     use chrysalis_attestation::measure::{PlatformSpec, VmSpec, VmmType};
-    let features = u64::from_str_radix(args.guest_features.trim().trim_start_matches("0x"), 16)
-        .map_err(|e| usage("--guest-features", e))?;
+    let features = hex_u64("--guest-features", &args.guest_features)?;
     let spec = VmSpec {
         platform: PlatformSpec::Snp {
             vcpu_type: args.vcpu_type,
@@ -593,13 +592,19 @@ fn measure_snp(args: MeasureSnpArgs) -> Result<ExitCode, UsageError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn hex_field<const N: usize>(what: &str, text: Option<&str>) -> Result<[u8; N], UsageError> {
-    let Some(text) = text else {
-        return Ok([0; N]);
-    };
-    let raw = hex::decode(text.trim()).map_err(|e| usage(what, format!("not hex: {e}")))?;
-    raw.try_into()
-        .map_err(|v: Vec<u8>| usage(what, format!("{} bytes, expected {N}", v.len())))
+/// A fixed-length hex flag; absent means zeros.
+fn hex_field<const N: usize>(
+    what: &'static str,
+    text: Option<&str>,
+) -> Result<[u8; N], UsageError> {
+    text.map_or(Ok([0; N]), |t| {
+        chrysalis_attestation::evidence::hex_array(what, t).map_err(|e| usage(what, e))
+    })
+}
+
+/// A hex number flag (`0x` optional).
+fn hex_u64(what: &str, text: &str) -> Result<u64, UsageError> {
+    u64::from_str_radix(text.trim().trim_start_matches("0x"), 16).map_err(|e| usage(what, e))
 }
 
 fn snp_id_block(args: SnpIdBlockArgs) -> Result<ExitCode, UsageError> {
@@ -612,8 +617,7 @@ fn snp_id_block(args: SnpIdBlockArgs) -> Result<ExitCode, UsageError> {
         );
         parse_private_key(&bytes).map_err(|e| usage(&path.display().to_string(), e))
     };
-    let policy = u64::from_str_radix(args.policy.trim().trim_start_matches("0x"), 16)
-        .map_err(|e| usage("--policy", e))?;
+    let policy = hex_u64("--policy", &args.policy)?;
     let block = IdBlock {
         launch_digest: hex_field("--measurement", Some(&args.measurement))?,
         family_id: hex_field("--family-id", args.family_id.as_deref())?,

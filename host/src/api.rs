@@ -151,26 +151,25 @@ async fn attestation(State(api): State<Api>, Query(q): Query<AttestationQuery>) 
             }
         },
     };
-    let mut keep = q.nonce.is_none()
-        && api.collateral.is_some()
-        && chrysalis_client::collateral::bundle_lacks_endorsements(&bundle);
-    let (mut bundle, mut collateral_error) = complete(&api, bundle).await;
-    if collateral_error.is_none() && collateral_due(&api, &bundle) {
-        // The Intel collateral it carries expires soon (or has): complete it anew, through the
-        // store, which fetches a newer one ahead of expiry. If that fails the bundle goes out
-        // as it was; expired collateral is then also said, not just served.
-        let mut stripped = bundle.clone();
-        stripped.tdx_collateral_json.clear();
-        match complete(&api, stripped).await {
-            (renewed, None) => {
-                keep =
-                    q.nonce.is_none() && renewed.tdx_collateral_json != bundle.tdx_collateral_json;
-                bundle = renewed;
+    // What the evidence needs and the bundle lacks is added from the store; Intel collateral
+    // that expires soon (or has) is completed anew, the store fetching a newer one ahead of
+    // expiry. If that fails the bundle goes out as it was, with the reason.
+    let due = collateral_due(&api, &bundle);
+    let (bundle, collateral_error, completed) =
+        if due || chrysalis_client::collateral::bundle_lacks_endorsements(&bundle) {
+            let mut input = bundle.clone();
+            if due {
+                input.tdx_collateral_json.clear();
             }
-            (_, Some(e)) => collateral_error = Some(e),
-        }
-    }
-    if keep && collateral_error.is_none() {
+            match complete(&api, input).await {
+                Some(Ok(b)) => (b, None, true),
+                Some(Err(e)) => (bundle, Some(e), false),
+                None => (bundle, None, false),
+            }
+        } else {
+            (bundle, None, false)
+        };
+    if completed && q.nonce.is_none() {
         // Keep the completed bundle, so the next request does not read the cache again.
         if let Ok(mut b) = vm.bundle.lock() {
             if b.as_ref().map(|b| &b.evidence) == Some(&bundle.evidence) {
@@ -211,32 +210,25 @@ fn collateral_due(api: &Api, bundle: &chrysalis_proto::EvidenceBundle) -> bool {
 }
 
 /// Add the endorsements the bundle lacks from the host's collateral cache (fetching them on a
-/// miss). On failure the bundle goes out as it was, with the reason.
+/// miss). None without a store.
 async fn complete(
     api: &Api,
     mut bundle: chrysalis_proto::EvidenceBundle,
-) -> (chrysalis_proto::EvidenceBundle, Option<String>) {
-    use chrysalis_client::collateral::{bundle_lacks_endorsements, complete_bundle};
-    let Some(store) = api.collateral.clone() else {
-        return (bundle, None);
-    };
-    if !bundle_lacks_endorsements(&bundle) {
-        return (bundle, None);
-    }
-    let original = bundle.clone();
+) -> Option<Result<chrysalis_proto::EvidenceBundle, String>> {
+    let store = api.collateral.clone()?;
     let now = api.now.unwrap_or_else(chrysalis_client::inputs::now);
     let done = tokio::task::spawn_blocking(move || {
-        complete_bundle(&mut bundle, &store, now).map(|_| bundle)
+        chrysalis_client::collateral::complete_bundle(&mut bundle, &store, now).map(|_| bundle)
     })
     .await;
-    match done {
-        Ok(Ok(b)) => (b, None),
+    Some(match done {
+        Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => {
             tracing::warn!(target: "chrysalis::host", error = %e, "no collateral for the evidence");
-            (original, Some(e.to_string()))
+            Err(e.to_string())
         }
-        Err(e) => (original, Some(e.to_string())),
-    }
+        Err(e) => Err(e.to_string()),
+    })
 }
 
 /// Prometheus text exposition of every VM's state and counters.

@@ -304,10 +304,9 @@ impl HostConfig {
                             "vm {n}: platform snp needs snp_host_data (the enclave refuses to start without its configuration's digest): run `chrysalis-enclave config --tee snp` with the enclave's options"
                         ))
                     }
-                    Some(h) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                        return bad(format!("vm {n}: snp_host_data must be 64 hex digits"))
+                    Some(_) => {
+                        vm.host_data().map_err(|e| ConfigError(format!("vm {n}: {e}")))?;
                     }
-                    Some(_) => {}
                 }
             }
             if vm.platform != PlatformKind::Tdx && vm.mr_config_id.is_some() {
@@ -353,6 +352,17 @@ impl HostConfig {
 }
 
 impl VmConfig {
+    /// `snp_host_data` as bytes.
+    pub fn host_data(&self) -> Result<Option<[u8; 32]>, String> {
+        self.snp_host_data
+            .as_deref()
+            .map(|h| {
+                chrysalis_attestation::evidence::hex_array::<32>("snp_host_data", h)
+                    .map_err(|e| e.to_string())
+            })
+            .transpose()
+    }
+
     /// Memory in bytes (checked at load).
     pub fn memory_bytes(&self) -> u64 {
         chrysalis_images::recipe::parse_size(&self.memory).unwrap_or(0)

@@ -238,6 +238,10 @@ pub struct SnpIdBlock {
     pub id_auth: Vec<u8>,
     /// Whether the author key signs the ID key.
     pub author_key_enabled: bool,
+    /// ID_KEY_DIGEST reports will carry (from the signatures checked at load).
+    pub id_key_digest: [u8; 48],
+    /// AUTHOR_KEY_DIGEST, with the author key enabled.
+    pub author_key_digest: Option<[u8; 48]>,
 }
 
 /// Everything a launch needs besides the `VmSpec`.
@@ -578,6 +582,8 @@ mod tests {
             id_block: vec![1; 96],
             id_auth: vec![2; 4096],
             author_key_enabled: true,
+            id_key_digest: [3; 48],
+            author_key_digest: None,
         });
         let a = command(&l)?;
         let obj = a

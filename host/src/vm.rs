@@ -240,16 +240,7 @@ pub fn prepare(
             None
         },
         snp_policy: vm.snp_policy.unwrap_or(0x30000),
-        snp_host_data: vm
-            .snp_host_data
-            .as_deref()
-            .map(|h| {
-                hex::decode(h)
-                    .ok()
-                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                    .ok_or_else(|| format!("vm {}: snp_host_data must be 64 hex digits", vm.name))
-            })
-            .transpose()?,
+        snp_host_data: vm.host_data().map_err(|e| format!("vm {}: {e}", vm.name))?,
         snp_id_block: None,
         mr_config_id: vm.mr_config_id.clone(),
         vsock_cid: 3,
@@ -275,7 +266,8 @@ fn load_id_block(path: &std::path::Path, launch: &Launch) -> Result<qemu::SnpIdB
     let at = |e: &dyn std::fmt::Display| format!("snp_id_block {}: {e}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| at(&e))?;
     let file: IdBlockFile = serde_json::from_str(&text).map_err(|e| at(&e))?;
-    let (block, id_block, id_auth) = file.check().map_err(|e| at(&e))?;
+    let (verified, id_block, id_auth) = file.check().map_err(|e| at(&e))?;
+    let block = &verified.block;
     if block.policy != launch.snp_policy {
         return Err(at(&format!(
             "it admits policy {:#x} but the VM is launched with {:#x}",
@@ -298,6 +290,8 @@ fn load_id_block(path: &std::path::Path, launch: &Launch) -> Result<qemu::SnpIdB
         id_block,
         id_auth,
         author_key_enabled: file.author_key_enabled,
+        id_key_digest: verified.id_key_digest,
+        author_key_digest: verified.author_key_digest,
     })
 }
 
@@ -312,20 +306,13 @@ pub fn expected_measurements(p: &Prepared) -> serde_json::Value {
         },
         PlatformKind::Snp => match p.launch.spec.measure_snp() {
             Ok(m) => {
-                let id = p.launch.snp_id_block.as_ref().and_then(|b| {
-                    chrysalis_attestation::measure::snp_id::verify_id_block(
-                        &b.id_block,
-                        &b.id_auth,
-                        b.author_key_enabled,
-                    )
-                    .ok()
-                });
+                let id = p.launch.snp_id_block.as_ref();
                 serde_json::json!({
                     "platform": "snp",
                     "measurement": hex::encode(m),
                     "host_data": p.launch.snp_host_data.map(hex::encode),
-                    "id_key_digest": id.as_ref().map(|i| hex::encode(i.id_key_digest)),
-                    "author_key_digest": id.as_ref().and_then(|i| i.author_key_digest.map(hex::encode)),
+                    "id_key_digest": id.map(|i| hex::encode(i.id_key_digest)),
+                    "author_key_digest": id.and_then(|i| i.author_key_digest.map(hex::encode)),
                 })
             }
             Err(e) => serde_json::json!({"platform": "snp", "error": e.to_string()}),
@@ -416,13 +403,9 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
-                vm.set_error(&e);
-                vm.set(VmState::Failed);
-                failures += 1;
-                if backoff(failures, &mut shutdown).await {
+                if launch_failed(&vm, &e, &mut failures, &mut shutdown).await {
                     continue;
                 }
-                vm.set(VmState::Stopped);
                 return;
             }
         };
@@ -441,13 +424,10 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
         {
             Ok(c) => c,
             Err(e) => {
-                vm.set_error(&format!("{}: {e}", prepared.qemu.display()));
-                vm.set(VmState::Failed);
-                failures += 1;
-                if backoff(failures, &mut shutdown).await {
+                let e = format!("{}: {e}", prepared.qemu.display());
+                if launch_failed(&vm, &e, &mut failures, &mut shutdown).await {
                     continue;
                 }
-                vm.set(VmState::Stopped);
                 return;
             }
         };
@@ -572,6 +552,24 @@ pub async fn supervise(vm: Arc<VmHandle>, state_dir: PathBuf, mut shutdown: watc
             return;
         }
     }
+}
+
+/// A launch that could not start: record it, back off; false (and stopped) when shutdown came
+/// first.
+async fn launch_failed(
+    vm: &VmHandle,
+    error: &str,
+    failures: &mut u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    vm.set_error(error);
+    vm.set(VmState::Failed);
+    *failures += 1;
+    if backoff(*failures, shutdown).await {
+        return true;
+    }
+    vm.set(VmState::Stopped);
+    false
 }
 
 /// Wait 2^(n-1) seconds (at most 60); false when shutdown came first.

@@ -355,8 +355,8 @@ impl IdBlockFile {
     }
 
     /// Decode, verify the signatures, and check that the written-out fields say what the bytes
-    /// say. Returns the block and the raw bytes (ID block, authentication block).
-    pub fn check(&self) -> Result<(IdBlock, Vec<u8>, Vec<u8>), MeasureError> {
+    /// say. Returns the verified block and the raw bytes (ID block, authentication block).
+    pub fn check(&self) -> Result<(VerifiedIdBlock, Vec<u8>, Vec<u8>), MeasureError> {
         if self.format != ID_BLOCK_FORMAT {
             return Err(id_err(format!(
                 "format {:?}, expected {ID_BLOCK_FORMAT:?}",
@@ -380,7 +380,7 @@ impl IdBlockFile {
                 "the file's fields do not match its id_block and id_auth bytes".into(),
             ));
         }
-        Ok((v.block, block_bytes, auth_bytes))
+        Ok((v, block_bytes, auth_bytes))
     }
 }
 
@@ -447,8 +447,8 @@ mod tests {
         assert_eq!(f.policy, "0x30000");
         let text = serde_json::to_string(&f).expect("json");
         let back: IdBlockFile = serde_json::from_str(&text).expect("parse");
-        let (b, blk, auth) = back.check().expect("check");
-        assert_eq!(b, block());
+        let (v, blk, auth) = back.check().expect("check");
+        assert_eq!(v.block, block());
         assert_eq!(blk, s.id_block.to_vec());
         assert_eq!(auth, s.id_auth);
         let mut lying = f.clone();
