@@ -33,6 +33,7 @@ pub mod evidence;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod measure;
+pub mod nvgpu;
 pub mod policy;
 pub mod simulated;
 pub mod snp;

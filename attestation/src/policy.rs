@@ -72,6 +72,36 @@ pub struct PolicyFile {
     /// Simulator rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulated: Option<SimulatedFile>,
+    /// GPU rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuFile>,
+}
+
+/// `[gpu]`: what an enclave's GPU evidence must show. Every GPU report a bundle carries is
+/// verified (signature, device chain to NVIDIA's root, nonce) whatever this section says.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFile {
+    /// Refuse an enclave that attests no GPU (default false: CPU inference is accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// Allowed driver versions, as the GPU reports them (e.g. `550.90.07`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_versions: Option<Vec<String>>,
+    /// Allowed VBIOS versions (e.g. `96.00.9f.00.01`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vbios_versions: Option<Vec<String>>,
+}
+
+/// The validated `[gpu]` rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuRules {
+    /// An attested GPU is required.
+    pub required: bool,
+    /// Allowed driver versions (`None`: any).
+    pub driver_versions: Option<Vec<String>>,
+    /// Allowed VBIOS versions (`None`: any), lowercase.
+    pub vbios_versions: Option<Vec<String>>,
 }
 
 /// `[tcb]`.
@@ -187,6 +217,7 @@ pub struct Policy {
     pub(crate) tdx: Option<TdxRules>,
     pub(crate) snp: Option<SnpRules>,
     pub(crate) simulated: Option<SimulatedRules>,
+    pub(crate) gpu: GpuRules,
     source: PolicyFile,
 }
 
@@ -282,6 +313,7 @@ impl Policy {
             tdx: None,
             snp: None,
             simulated: None,
+            gpu: GpuRules::default(),
             source: PolicyFile {
                 version: 1,
                 platforms: vec![Platform::Tdx, Platform::Snp],
@@ -290,6 +322,7 @@ impl Policy {
                 tdx: None,
                 snp: None,
                 simulated: None,
+                gpu: None,
             },
         }
     }
@@ -422,6 +455,42 @@ impl Policy {
             })
             .transpose()?;
 
+        let gpu = match &file.gpu {
+            None => GpuRules::default(),
+            Some(g) => {
+                let list = |name: &str,
+                            l: &Option<Vec<String>>|
+                 -> Result<Option<Vec<String>>, ParseError> {
+                    match l {
+                        Some(v) if v.is_empty() || v.iter().any(|s| s.trim().is_empty()) => {
+                            Err(ParseError::Policy(format!(
+                                "gpu.{name} must list at least one non-empty version"
+                            )))
+                        }
+                        Some(v) => Ok(Some(
+                            v.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+                        )),
+                        None => Ok(None),
+                    }
+                };
+                let rules = GpuRules {
+                    required: g.required.unwrap_or(false),
+                    driver_versions: list("driver_versions", &g.driver_versions)?,
+                    vbios_versions: list("vbios_versions", &g.vbios_versions)?,
+                };
+                if !rules.required
+                    && (rules.driver_versions.is_some() || rules.vbios_versions.is_some())
+                {
+                    // Allow-lists without `required` would let an enclave escape them by
+                    // attesting no GPU at all.
+                    return Err(ParseError::Policy(
+                        "gpu.driver_versions / gpu.vbios_versions need gpu.required = true".into(),
+                    ));
+                }
+                rules
+            }
+        };
+
         if require_measurements {
             for platform in &platforms {
                 let pinned = match platform {
@@ -454,6 +523,7 @@ impl Policy {
             tdx,
             snp,
             simulated,
+            gpu,
             source: file,
         })
     }
@@ -482,6 +552,11 @@ impl Policy {
             Platform::Snp => self.snp.is_some(),
             Platform::Simulated => self.simulated.is_some(),
         }
+    }
+
+    /// The `[gpu]` rules (defaults when the policy has none).
+    pub fn gpu(&self) -> &GpuRules {
+        &self.gpu
     }
 
     /// Whether `platform` is accepted at all.

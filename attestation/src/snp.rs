@@ -267,7 +267,7 @@ fn builtin_roots() -> Vec<(&'static str, &'static [u8], &'static [u8])> {
     ]
 }
 
-fn check_validity(cert: &Certificate, now: Timestamp) -> Result<Timestamp, VerifyError> {
+pub(crate) fn check_validity(cert: &Certificate, now: Timestamp) -> Result<Timestamp, VerifyError> {
     let validity = &cert.tbs_certificate.validity;
     let not_before = validity.not_before.to_unix_duration().as_secs();
     let not_after = validity.not_after.to_unix_duration().as_secs();

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::collateral::CollateralSource;
 use chrysalis_attestation::measure::eventlog::replay_json;
+use chrysalis_attestation::nvgpu::{check_gpu_rules, verify_gpu_report, VerifiedGpu};
 use chrysalis_attestation::verify::{Endorsements, Measurements};
 use chrysalis_attestation::{
     Evidence, Platform, Policy, Timestamp, VerifiedEvidence, Verifier, VerifyError,
@@ -67,6 +68,8 @@ pub struct PeerAttestation {
     pub hpke_public_key: [u8; 32],
     /// The measured configuration (JSON), checked against the evidence.
     pub config: serde_json::Value,
+    /// The GPUs whose reports verified (empty when the enclave attests none).
+    pub gpus: Vec<VerifiedGpu>,
 }
 
 impl PeerAttestation {
@@ -210,12 +213,59 @@ pub fn verify_bundle_endorsed(
     check_config(&verified, bundle)?;
     let config = serde_json::from_slice(&bundle.config_json)
         .map_err(|e| reject(format!("configuration: {e}")))?;
+    let gpus = verify_gpus(bundle, gpu_status, &hpke_public_key, nonce, policy, now)?;
     Ok(PeerAttestation {
         verified,
         bundle: bundle.clone(),
         hpke_public_key,
         config,
+        gpus,
     })
+}
+
+/// Every GPU report in the bundle must verify (signature, device chain to NVIDIA's root,
+/// firmware identity) over the nonce derived from this bundle's key and nonce; then the
+/// policy's `[gpu]` rules apply.
+fn verify_gpus(
+    bundle: &EvidenceBundle,
+    status: GpuStatus,
+    hpke_public_key: &[u8; 32],
+    nonce: &[u8],
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<Vec<VerifiedGpu>, RemoteError> {
+    let expected = binding::gpu_nonce(nonce, hpke_public_key);
+    let gpus = match status {
+        GpuStatus::None if bundle.gpus.is_empty() => Vec::new(),
+        GpuStatus::None => return Err(reject("the bundle says no GPU but carries GPU evidence")),
+        GpuStatus::Attested if bundle.gpus.is_empty() => {
+            return Err(reject(
+                "the bundle says its GPUs are attested but carries no GPU evidence",
+            ))
+        }
+        GpuStatus::Attested => bundle
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                if g.vendor != "nvidia" {
+                    return Err(reject(format!("GPU {i}: unknown vendor {:?}", g.vendor)));
+                }
+                if g.nonce.as_slice() != expected.as_slice() {
+                    return Err(reject(format!(
+                        "GPU {i}: the report was fetched with another nonce than this evidence's"
+                    )));
+                }
+                verify_gpu_report(&g.report, &g.cert_chain_pem, &expected, now)
+                    .map_err(|e| reject(format!("GPU {i} ({}): {e}", g.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        GpuStatus::Unspecified => {
+            return Err(reject("the bundle does not say whether a GPU was checked"))
+        }
+    };
+    check_gpu_rules(&gpus, policy.gpu()).map_err(|e| reject(e.to_string()))?;
+    Ok(gpus)
 }
 
 /// The configuration in the bundle must be the one the evidence measures.

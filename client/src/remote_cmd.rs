@@ -64,6 +64,14 @@ pub fn attest(
                             "url": url,
                             "hpke_public_key": hex::encode(att.hpke_public_key),
                             "gpu_status": att.gpu_status().as_str_name(),
+                            "gpus": att.gpus.iter().map(|g| serde_json::json!({
+                                "attestation_certificate": g.leaf_subject,
+                                "driver_version": g.report.driver_version(),
+                                "vbios_version": g.report.vbios_version(),
+                                "fwid": hex::encode(g.fwid),
+                                "measurements": g.report.measurements.iter()
+                                    .map(|m| hex::encode(&m.value)).collect::<Vec<_>>(),
+                            })).collect::<Vec<_>>(),
                             "config": att.config,
                         }),
                     );
@@ -81,6 +89,16 @@ pub fn attest(
                 println!("enclave:     {url}");
                 println!("hpke key:    {}", hex::encode(att.hpke_public_key));
                 println!("gpu:         {}", att.gpu_status().as_str_name());
+                for g in &att.gpus {
+                    println!(
+                        "             verified: {} (driver {}, VBIOS {}, {} measurements; \
+                         not checked: revocation, NVIDIA reference measurements)",
+                        g.leaf_subject,
+                        g.report.driver_version().unwrap_or_default(),
+                        g.report.vbios_version().unwrap_or_default(),
+                        g.report.measurements.len()
+                    );
+                }
                 if let Some(models) = att.config.get("models").and_then(|m| m.as_array()) {
                     for m in models {
                         println!(

@@ -133,14 +133,6 @@ pub struct Identity {
     fresh_limit: RateLimit,
 }
 
-fn gpu_nonce(nonce: &[u8], hpke_pk: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"chrysalis/gpu-nonce/v1\0");
-    h.update(hpke_pk);
-    h.update(nonce);
-    h.finalize().into()
-}
-
 impl Identity {
     /// Make the keys, bind the configuration, produce the cached evidence and the RA-TLS
     /// certificate that carries it.
@@ -200,7 +192,9 @@ impl Identity {
 
     fn produce(&self, nonce: &[u8]) -> Result<EvidenceBundle, IdentityError> {
         binding::check_nonce(nonce).map_err(IdentityError::Nonce)?;
-        let gpu = self.gpu.attest(&gpu_nonce(nonce, self.hpke.public_key()))?;
+        let gpu = self
+            .gpu
+            .attest(&binding::gpu_nonce(nonce, self.hpke.public_key()))?;
         let gpu_digest = binding::gpu_digest(gpu.status, &gpu.gpus);
         let report_data = binding::report_data_v1(&BindingInputs {
             hpke_public_key: self.hpke.public_key(),

@@ -492,6 +492,7 @@ impl Manifest {
             tdx: None,
             snp: None,
             simulated: None,
+            gpu: None,
         };
         if !self.measurements.tdx.is_empty() {
             let mut mr_td = Vec::new();

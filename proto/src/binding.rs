@@ -74,6 +74,17 @@ pub fn gpu_digest(status: GpuStatus, gpus: &[GpuEvidence]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The nonce each GPU report is fetched with:
+/// `SHA-256("chrysalis/gpu-nonce/v1\0" ‖ hpke_public_key ‖ nonce)`, so GPU evidence is as fresh
+/// as the CPU evidence and tied to the same keys.
+pub fn gpu_nonce(nonce: &[u8], hpke_public_key: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"chrysalis/gpu-nonce/v1\0");
+    h.update(hpke_public_key);
+    h.update(nonce);
+    h.finalize().into()
+}
+
 /// Check a client nonce's length (empty is allowed: it asks for the cached evidence).
 pub fn check_nonce(nonce: &[u8]) -> Result<(), String> {
     if nonce.is_empty() || (MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len()) {
