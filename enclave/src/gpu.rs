@@ -4,7 +4,6 @@
 //! check that did not happen is never claimed: every failure is an error, not "no GPU".
 
 use chrysalis_attestation::nvgpu::verify_gpu_report;
-use chrysalis_attestation::Timestamp;
 use chrysalis_proto::{GpuEvidence, GpuStatus};
 
 /// Errors of the GPU check.
@@ -175,15 +174,6 @@ impl NvidiaGpus {
     }
 }
 
-fn now() -> Timestamp {
-    Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
-}
-
 impl GpuDevice for NvidiaGpus {
     fn attest(&self, nonce: &[u8; 32]) -> Result<GpuReport, GpuError> {
         let api = &self.api;
@@ -211,12 +201,10 @@ impl GpuDevice for NvidiaGpus {
             let cert_chain_pem = api
                 .certificate_chain(index)
                 .map_err(err(index, "certificate chain"))?;
-            let verified =
-                verify_gpu_report(&report, &cert_chain_pem, nonce, now()).map_err(|e| {
-                    GpuError::Evidence {
-                        index,
-                        reason: e.to_string(),
-                    }
+            let verified = verify_gpu_report(&report, &cert_chain_pem, nonce, crate::system_now())
+                .map_err(|e| GpuError::Evidence {
+                    index,
+                    reason: e.to_string(),
                 })?;
             tracing::info!(
                 target: "chrysalis::gpu",

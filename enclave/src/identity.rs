@@ -1,7 +1,7 @@
 //! The enclave's identity: keys born inside, the measured configuration, and evidence bound to
 //! them (a cached bundle for RA-TLS, fresh ones per client nonce, rate-limited).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrysalis_proto::binding::{self, BindingInputs, BINDING_VERSION};
@@ -57,6 +57,9 @@ pub struct EnclaveConfig {
     pub max_queued: usize,
     /// report_data binding version.
     pub binding_version: u32,
+    /// Mutual RA-TLS: SHA-256 of the policy clients must satisfy (absent: any client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_policy_sha256: Option<String>,
 }
 
 impl EnclaveConfig {
@@ -241,6 +244,21 @@ impl Identity {
     /// The TLS identity.
     pub fn tls(&self) -> &TlsIdentity {
         &self.tls
+    }
+
+    /// The RA-TLS certificate and its key, to present as a server or, for mutual RA-TLS, as a
+    /// client of another enclave.
+    pub fn own_certificate(&self) -> Result<chrysalis_ratls::OwnCertificate, rustls::Error> {
+        chrysalis_ratls::own_certificate(&self.tls.cert_der, &self.tls.key_der)
+    }
+
+    /// The TLS client configuration for connecting to another enclave whose evidence `verifier`
+    /// checks, presenting this enclave's own RA-TLS certificate (mutual RA-TLS).
+    pub fn peer_client_config(
+        &self,
+        verifier: Arc<chrysalis_ratls::RaTlsVerifier>,
+    ) -> Result<rustls::ClientConfig, rustls::Error> {
+        chrysalis_ratls::client_config(verifier, Some(self.own_certificate()?))
     }
 
     /// The platform.

@@ -20,3 +20,13 @@ pub mod identity;
 pub mod serve;
 pub mod server;
 pub mod tee;
+
+/// The system clock, as the verifiers' explicit time parameter.
+pub fn system_now() -> chrysalis_attestation::Timestamp {
+    chrysalis_attestation::Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}

@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// Device: auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     pub device: chrysalis_inference::DeviceChoice,
+    /// Mutual RA-TLS: accept only clients that present RA-TLS certificates of their own whose
+    /// evidence verifies under this policy file (enclave-to-enclave links). Its digest is part
+    /// of the measured configuration.
+    #[arg(long)]
+    pub peer_policy: Option<PathBuf>,
     /// The kernel command line when running as an image's init: the simulator then measures
     /// the image (enclave binary and command line), as the image manifest predicts.
     #[arg(skip)]
@@ -59,7 +64,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let gpu = crate::gpu::detect()?;
     let engine = load_engine(args)?;
-    let config = enclave_config(args, tee.name(), &engine);
+    let peers = peer_policy(args)?;
+    let config = enclave_config(args, tee.name(), &engine, peers.as_ref());
     let identity = Arc::new(Identity::new(
         tee,
         gpu,
@@ -90,7 +96,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             }
         );
         tracing::info!(target: "chrysalis::enclave", %addr, "serving");
-        crate::server::serve(listener, identity, scheduler, shutdown_signal()).await
+        let peers = peers.map(|p| {
+            tracing::info!(target: "chrysalis::enclave", peer_policy_sha256 = %hex::encode(p.sha256), "mutual RA-TLS: clients must be attested enclaves");
+            Arc::new(chrysalis_ratls::RaTlsClientVerifier::new(p.policy, crate::system_now))
+        });
+        crate::server::serve_with_peers(listener, identity, scheduler, peers, shutdown_signal())
+            .await
     })
 }
 
@@ -112,7 +123,12 @@ fn load_engine(args: &ServeArgs) -> anyhow::Result<Engine> {
 }
 
 /// The measured configuration of a service with these arguments on this backend.
-fn enclave_config(args: &ServeArgs, tee: &str, engine: &Engine) -> EnclaveConfig {
+fn enclave_config(
+    args: &ServeArgs,
+    tee: &str,
+    engine: &Engine,
+    peers: Option<&PeerPolicy>,
+) -> EnclaveConfig {
     EnclaveConfig {
         format: "chrysalis-enclave-config/v1",
         enclave_version: env!("CARGO_PKG_VERSION"),
@@ -121,7 +137,31 @@ fn enclave_config(args: &ServeArgs, tee: &str, engine: &Engine) -> EnclaveConfig
         max_active: args.max_active,
         max_queued: args.max_queued,
         binding_version: chrysalis_proto::binding::BINDING_VERSION,
+        peer_policy_sha256: peers.map(|p| hex::encode(p.sha256)),
     }
+}
+
+/// The `--peer-policy` file, parsed, with the digest of its bytes.
+struct PeerPolicy {
+    policy: chrysalis_attestation::Policy,
+    sha256: [u8; 32],
+}
+
+fn peer_policy(args: &ServeArgs) -> anyhow::Result<Option<PeerPolicy>> {
+    use sha2::Digest;
+    let Some(path) = &args.peer_policy else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("--peer-policy {}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow::anyhow!("--peer-policy {}: not UTF-8", path.display()))?;
+    let policy = chrysalis_attestation::Policy::from_toml(text)
+        .map_err(|e| anyhow::anyhow!("--peer-policy {}: {e}", path.display()))?;
+    Ok(Some(PeerPolicy {
+        policy,
+        sha256: sha2::Sha256::digest(&bytes).into(),
+    }))
 }
 
 /// How a configuration (its canonical JSON) reaches the evidence on each backend.
@@ -159,7 +199,8 @@ pub fn print_config(args: &ServeArgs, json: bool) -> anyhow::Result<()> {
         TeeChoice::Simulated => "simulated",
     };
     let engine = load_engine(args)?;
-    let canonical = enclave_config(args, tee, &engine).canonical_json();
+    let canonical =
+        enclave_config(args, tee, &engine, peer_policy(args)?.as_ref()).canonical_json();
     let text = String::from_utf8(canonical.clone())?;
     let d = config_digests(&canonical);
     let host_data = hex::encode(d.snp_host_data);

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use chrysalis_ratls::RaTlsClientVerifier;
+
 use chrysalis_inference::scheduler::EventStream;
 use chrysalis_inference::{Event, GenerateRequest, InferenceError, Scheduler};
 use chrysalis_proto::enclave_server::{Enclave, EnclaveServer};
@@ -251,35 +253,14 @@ impl<A: Answerer> Enclave for EnclaveService<A> {
     }
 }
 
-/// Serves the one RA-TLS certificate. (`with_single_cert` would run the certificate through
-/// webpki, which refuses our critical evidence extension: correct for web PKI, not for RA-TLS.)
-#[derive(Debug)]
-struct RaTlsCert(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::server::ResolvesServerCert for RaTlsCert {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(Arc::clone(&self.0))
-    }
-}
-
-/// The rustls server configuration of the RA-TLS endpoint (TLS 1.3 only, ALPN h2).
-pub fn tls_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        identity.tls().key_der.to_vec(),
-    ));
-    let signing_key = provider.key_provider.load_private_key(key)?;
-    let cert = rustls::pki_types::CertificateDer::from(identity.tls().cert_der.clone());
-    let certified = rustls::sign::CertifiedKey::new(vec![cert], signing_key);
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(RaTlsCert(Arc::new(certified))));
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+/// The rustls server configuration of the RA-TLS endpoint (TLS 1.3 only, ALPN h2). With
+/// `peers`, clients must present RA-TLS certificates of their own whose evidence verifies
+/// (mutual RA-TLS, for enclave-to-enclave links).
+pub fn tls_config(
+    identity: &Identity,
+    peers: Option<Arc<RaTlsClientVerifier>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    chrysalis_ratls::server_config(identity.own_certificate()?, peers)
 }
 
 /// Serve on `listener` until `shutdown` resolves.
@@ -289,7 +270,19 @@ pub async fn serve<A: Answerer>(
     scheduler: Arc<A>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&identity)?));
+    serve_with_peers(listener, identity, scheduler, None, shutdown).await
+}
+
+/// Serve on `listener` until `shutdown` resolves; with `peers`, only to clients that are
+/// attested enclaves themselves (mutual RA-TLS).
+pub async fn serve_with_peers<A: Answerer>(
+    listener: tokio::net::TcpListener,
+    identity: Arc<Identity>,
+    scheduler: Arc<A>,
+    peers: Option<Arc<RaTlsClientVerifier>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&identity, peers.clone())?));
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<
         Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
     >(16);
@@ -303,11 +296,29 @@ pub async fn serve<A: Answerer>(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let conn_tx = conn_tx.clone();
+            let peers = peers.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
                     Ok(Ok(tls)) => {
+                        if let Some(peers) = &peers {
+                            let attested = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| peers.peer(c));
+                            if let Some(a) = attested {
+                                tracing::info!(
+                                    target: "chrysalis::server",
+                                    %peer,
+                                    platform = %a.platform(),
+                                    hpke_public_key = %hex::encode(a.hpke_public_key),
+                                    "attested peer enclave connected"
+                                );
+                            }
+                        }
                         let _ = conn_tx.send(Ok(tls)).await;
                     }
                     Ok(Err(e)) => {

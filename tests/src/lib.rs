@@ -129,6 +129,7 @@ pub fn serve_simulated<A: Answerer>(
         max_active,
         max_queued,
         binding_version: chrysalis_proto::binding::BINDING_VERSION,
+        peer_policy_sha256: None,
     };
     let identity = Arc::new(
         Identity::new(

@@ -55,15 +55,17 @@ fn at() -> Timestamp {
 /// Verify the bare bundle with `fallback`: the quote is real but not bound to our keys, so the
 /// best possible outcome is the binding check failing after the vendor checks passed.
 fn verify(fallback: &chrysalis_attestation::verify::Endorsements) -> RemoteError {
-    remote::verify_bundle_endorsed(
-        &bare_bundle(),
-        &[7; 32],
-        &[],
-        &Policy::baseline(),
-        at(),
-        fallback,
+    RemoteError::from(
+        remote::verify_bundle_endorsed(
+            &bare_bundle(),
+            &[7; 32],
+            &[],
+            &Policy::baseline(),
+            at(),
+            fallback,
+        )
+        .expect_err("a foreign quote never binds our keys"),
     )
-    .expect_err("a foreign quote never binds our keys")
 }
 
 async fn host_api(store: CollateralStore) -> String {

@@ -3,7 +3,7 @@
 //! nonce derived from this enclave's key; and `[gpu] required` refuses an enclave without a GPU.
 
 use chrysalis_attestation::{Policy, Timestamp};
-use chrysalis_client::remote::{self, RemoteError};
+use chrysalis_client::remote::{self, Rejected};
 use chrysalis_enclave::gpu::{GpuDevice, GpuError, GpuReport, NoGpu};
 use chrysalis_enclave::identity::{EnclaveConfig, Identity};
 use chrysalis_enclave::tee::simulated::SimulatedDevice;
@@ -51,6 +51,7 @@ fn identity(gpu: Box<dyn GpuDevice>) -> (Identity, [u8; 48]) {
         max_active: 1,
         max_queued: 1,
         binding_version: chrysalis_proto::binding::BINDING_VERSION,
+        peer_policy_sha256: None,
     };
     (
         Identity::new(Box::new(tee), gpu, &config, 1.0).expect("identity"),
@@ -70,7 +71,7 @@ fn now() -> Timestamp {
     Timestamp::parse("2026-11-22T00:00:00Z").expect("time")
 }
 
-fn verify(id: &Identity, policy: &Policy) -> Result<remote::PeerAttestation, RemoteError> {
+fn verify(id: &Identity, policy: &Policy) -> Result<remote::PeerAttestation, Rejected> {
     let bundle = id.evidence(&[]).expect("bundle");
     remote::verify_bundle(&bundle, &id.tls().spki_sha256, &[], policy, now())
 }
