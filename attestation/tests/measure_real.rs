@@ -127,6 +127,19 @@ fn firmware(name: &str) -> Option<Vec<u8>> {
 }
 
 #[test]
+fn parallel_snp_page_digest_equals_sevs_sequential_one() {
+    for name in ["debian-bookworm-OVMF.fd", "ovmf_AmdSev_suffix.bin"] {
+        let Some(fw) = firmware(name) else { continue };
+        let dir = std::env::var("CHRYSALIS_FIXTURES")
+            .unwrap_or_else(|_| format!("{}/../target/fixtures", env!("CARGO_MANIFEST_DIR")));
+        let theirs =
+            sev::measurement::snp::calc_snp_ovmf_hash(format!("{dir}/{name}").into()).expect("sev");
+        let ours = chrysalis_attestation::measure::snp_firmware_pages_digest(&fw).expect("ours");
+        assert_eq!(hex::encode(ours), theirs.get_hex_ld(), "{name}");
+    }
+}
+
+#[test]
 fn mrtd_of_real_ovmf_builds() {
     // Known answers computed by this implementation and cross-checked: the two page-add orders
     // must differ on real firmware (many pages per section), and both must be stable.
