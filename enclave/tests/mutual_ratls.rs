@@ -12,10 +12,9 @@ use chrysalis_ratls::{RaTlsClientVerifier, RaTlsVerifier};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn identity(max_active: usize) -> (Identity, [u8; 48]) {
-    let tee = SimulatedDevice::new();
-    let m = tee.measurement();
-    let config = EnclaveConfig {
+/// A configuration told apart from others by `max_active`.
+fn config(max_active: usize) -> EnclaveConfig {
+    EnclaveConfig {
         format: "chrysalis-enclave-config/v1",
         enclave_version: "test",
         tee: "simulated".into(),
@@ -24,8 +23,14 @@ fn identity(max_active: usize) -> (Identity, [u8; 48]) {
         max_queued: 1,
         binding_version: chrysalis_proto::binding::BINDING_VERSION,
         peer_policy_sha256: None,
-    };
-    let id = Identity::new(Box::new(tee), Box::new(NoGpu), &config, 1.0).expect("identity");
+    }
+}
+
+fn identity(max_active: usize) -> (Identity, [u8; 48]) {
+    let tee = SimulatedDevice::new();
+    let m = tee.measurement();
+    let id =
+        Identity::new(Box::new(tee), Box::new(NoGpu), &config(max_active), 1.0).expect("identity");
     (id, m)
 }
 
@@ -127,17 +132,7 @@ async fn two_enclaves_attest_each_other() {
 }
 
 fn client_config_json(max_active: usize) -> Vec<u8> {
-    EnclaveConfig {
-        format: "chrysalis-enclave-config/v1",
-        enclave_version: "test",
-        tee: "simulated".into(),
-        models: Vec::new(),
-        max_active,
-        max_queued: 1,
-        binding_version: chrysalis_proto::binding::BINDING_VERSION,
-        peer_policy_sha256: None,
-    }
-    .canonical_json()
+    config(max_active).canonical_json()
 }
 
 #[tokio::test]

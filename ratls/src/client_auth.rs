@@ -104,7 +104,7 @@ impl ClientCertVerifier for RaTlsClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("RA-TLS requires TLS 1.3".into()))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -120,18 +120,11 @@ impl ClientCertVerifier for RaTlsClientVerifier {
         if self.remembered(&spki_sha256).is_none() {
             return Err(rustls::Error::General("client not verified".into()));
         }
-        rustls::crypto::verify_tls13_signature_with_raw_key(
-            message,
-            &SubjectPublicKeyInfoDer::from(spki.as_slice()),
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_with_spki(&self.provider, message, &spki, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schemes(&self.provider)
     }
 }
 

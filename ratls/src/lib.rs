@@ -418,7 +418,7 @@ impl ServerCertVerifier for RaTlsVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("RA-TLS requires TLS 1.3".into()))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -427,22 +427,39 @@ impl ServerCertVerifier for RaTlsVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The certificate's critical private extension is unknown to webpki, so the signature is
-        // checked against the raw SubjectPublicKeyInfo we verified above.
-        let spki = self.spki_for(cert)?;
-        rustls::crypto::verify_tls13_signature_with_raw_key(
-            message,
-            &SubjectPublicKeyInfoDer::from(spki.as_slice()),
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_with_spki(&self.provider, message, &self.spki_for(cert)?, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schemes(&self.provider)
     }
+}
+
+/// RA-TLS is TLS 1.3 only.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("RA-TLS requires TLS 1.3".into()))
+}
+
+/// The handshake signature, checked against the raw SubjectPublicKeyInfo whose evidence
+/// verified (webpki does not know the certificate's critical private extension).
+fn verify_with_spki(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    spki: &[u8],
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(spki),
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+fn schemes(provider: &rustls::crypto::CryptoProvider) -> Vec<SignatureScheme> {
+    provider
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 #[cfg(test)]
