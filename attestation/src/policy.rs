@@ -100,7 +100,7 @@ pub struct GpuRules {
     pub required: bool,
     /// Allowed driver versions (`None`: any).
     pub driver_versions: Option<Vec<String>>,
-    /// Allowed VBIOS versions (`None`: any), lowercase.
+    /// Allowed VBIOS versions (`None`: any), compared ignoring case.
     pub vbios_versions: Option<Vec<String>>,
 }
 
@@ -467,9 +467,7 @@ impl Policy {
                                 "gpu.{name} must list at least one non-empty version"
                             )))
                         }
-                        Some(v) => Ok(Some(
-                            v.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
-                        )),
+                        Some(v) => Ok(Some(v.iter().map(|s| s.trim().to_owned()).collect())),
                         None => Ok(None),
                     }
                 };

@@ -63,6 +63,27 @@ pub struct EnclaveConfig {
 }
 
 impl EnclaveConfig {
+    /// The configuration of this enclave build on backend `tee`, serving `models` with these
+    /// scheduler limits; `peer_policy_sha256` when mutual RA-TLS is required.
+    pub fn new(
+        tee: &str,
+        models: Vec<chrysalis_inference::ModelIdentity>,
+        max_active: usize,
+        max_queued: usize,
+        peer_policy_sha256: Option<[u8; 32]>,
+    ) -> Self {
+        Self {
+            format: "chrysalis-enclave-config/v1",
+            enclave_version: env!("CARGO_PKG_VERSION"),
+            tee: tee.to_owned(),
+            models,
+            max_active,
+            max_queued,
+            binding_version: chrysalis_proto::binding::BINDING_VERSION,
+            peer_policy_sha256: peer_policy_sha256.map(hex::encode),
+        }
+    }
+
     /// Canonical JSON (field order fixed by the struct, no whitespace).
     pub fn canonical_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()

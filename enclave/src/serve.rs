@@ -129,16 +129,13 @@ fn enclave_config(
     engine: &Engine,
     peers: Option<&PeerPolicy>,
 ) -> EnclaveConfig {
-    EnclaveConfig {
-        format: "chrysalis-enclave-config/v1",
-        enclave_version: env!("CARGO_PKG_VERSION"),
-        tee: tee.to_owned(),
-        models: engine.models().map(|m| m.identity.clone()).collect(),
-        max_active: args.max_active,
-        max_queued: args.max_queued,
-        binding_version: chrysalis_proto::binding::BINDING_VERSION,
-        peer_policy_sha256: peers.map(|p| hex::encode(p.sha256)),
-    }
+    EnclaveConfig::new(
+        tee,
+        engine.models().map(|m| m.identity.clone()).collect(),
+        args.max_active,
+        args.max_queued,
+        peers.map(|p| p.sha256),
+    )
 }
 
 /// The `--peer-policy` file, parsed, with the digest of its bytes.

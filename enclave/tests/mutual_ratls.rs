@@ -14,16 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A configuration told apart from others by `max_active`.
 fn config(max_active: usize) -> EnclaveConfig {
-    EnclaveConfig {
-        format: "chrysalis-enclave-config/v1",
-        enclave_version: "test",
-        tee: "simulated".into(),
-        models: Vec::new(),
-        max_active,
-        max_queued: 1,
-        binding_version: chrysalis_proto::binding::BINDING_VERSION,
-        peer_policy_sha256: None,
-    }
+    EnclaveConfig::new("simulated", Vec::new(), max_active, 1, None)
 }
 
 fn identity(max_active: usize) -> (Identity, [u8; 48]) {

@@ -121,16 +121,7 @@ pub fn serve_simulated<A: Answerer>(
     max_active: usize,
     max_queued: usize,
 ) -> TestEnclave {
-    let config = EnclaveConfig {
-        format: "chrysalis-enclave-config/v1",
-        enclave_version: "test",
-        tee: "simulated".into(),
-        models,
-        max_active,
-        max_queued,
-        binding_version: chrysalis_proto::binding::BINDING_VERSION,
-        peer_policy_sha256: None,
-    };
+    let config = EnclaveConfig::new("simulated", models, max_active, max_queued, None);
     let identity = Arc::new(
         Identity::new(
             Box::new(SimulatedDevice::new()),

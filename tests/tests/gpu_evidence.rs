@@ -43,16 +43,7 @@ impl GpuDevice for ReplayedGpu {
 fn identity(gpu: Box<dyn GpuDevice>) -> (Identity, [u8; 48]) {
     let tee = SimulatedDevice::new();
     let measurement = tee.measurement();
-    let config = EnclaveConfig {
-        format: "chrysalis-enclave-config/v1",
-        enclave_version: "test",
-        tee: "simulated".into(),
-        models: Vec::new(),
-        max_active: 1,
-        max_queued: 1,
-        binding_version: chrysalis_proto::binding::BINDING_VERSION,
-        peer_policy_sha256: None,
-    };
+    let config = EnclaveConfig::new("simulated", Vec::new(), 1, 1, None);
     (
         Identity::new(Box::new(tee), gpu, &config, 1.0).expect("identity"),
         measurement,

@@ -384,23 +384,19 @@ impl VmSpec {
                 "unknown vCPU type {vcpu_type:?} (e.g. EPYC-Milan, EPYC-Genoa, EPYC-Turin)"
             ))
         })?;
-        // Check the files here first, so a missing file is a clear I/O error naming it. `sev`
-        // reads them itself (it takes paths); the firmware is read here only when its
-        // kernel-hashes section must be checked.
-        for p in [
-            Some(&self.firmware),
-            self.kernel.as_ref(),
-            self.initrd.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
+        // The firmware is read here (its page digests, its kernel-hashes section); the kernel
+        // and initrd are checked first so a missing file is a clear I/O error naming it: `sev`
+        // reads them itself (it takes paths).
+        let fw = read(&self.firmware)?;
+        for p in [self.kernel.as_ref(), self.initrd.as_ref()]
+            .into_iter()
+            .flatten()
         {
             std::fs::metadata(p).map_err(|source| MeasureError::Io {
                 path: p.clone(),
                 source,
             })?;
         }
-        let fw = read(&self.firmware)?;
         if self.kernel.is_some() {
             let sev_hash_table = tdvf::guid(
                 0x7255_371f,
