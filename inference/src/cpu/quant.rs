@@ -1,0 +1,809 @@
+//! Quantized weights and the CPU kernels of the native engine.
+//!
+//! Weights keep the GGML block formats the file holds where we have a kernel for them (Q4_0,
+//! Q4_1, Q8_0: 32 weights per block, f16 scales, byte layout as in ggml), so the arithmetic is the
+//! file's own; anything else is requantized to Q8_0 at load. Activations are quantized per row to
+//! [`BlockQ8`] (ggml's Q8_1: an i8 block, its scale, and the scaled sum that Q4_0 and Q4_1 need
+//! for their offsets), and each output is a sum of integer block dot products.
+//!
+//! The x86-64 build (x86-64-v3: AVX2, FMA, F16C) uses AVX2 through `safe_arch`, which wraps the
+//! intrinsics in safe functions, so this crate stays free of `unsafe`; other targets use the
+//! scalar code, which is also the reference the SIMD code is tested against.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::InferenceError;
+
+/// Weights per block, in every format here.
+pub const QK: usize = 32;
+
+/// GGML Q4_0: `w = d * (q - 8)`, 4-bit `q`; byte `j` holds weight `j` (low nibble) and `j + 16`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ4_0 {
+    /// Scale.
+    pub d: f16,
+    /// Packed nibbles.
+    pub qs: [u8; 16],
+}
+
+/// GGML Q4_1: `w = d * q + m`, 4-bit `q`, nibbles packed as in Q4_0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ4_1 {
+    /// Scale.
+    pub d: f16,
+    /// Minimum.
+    pub m: f16,
+    /// Packed nibbles.
+    pub qs: [u8; 16],
+}
+
+/// GGML Q8_0: `w = d * q`, 8-bit `q`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ8_0 {
+    /// Scale.
+    pub d: f16,
+    /// Quants.
+    pub qs: [i8; 32],
+}
+
+/// A quantized block of activations: `x ≈ d * q`, and `s = d * Σq`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BlockQ8 {
+    /// Scale.
+    pub d: f32,
+    /// Scale times the sum of the quants.
+    pub s: f32,
+    /// Quants.
+    pub qs: [i8; 32],
+}
+
+/// The blocks of a weight matrix, row after row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QData {
+    /// Q4_0 blocks.
+    Q4_0(Vec<BlockQ4_0>),
+    /// Q4_1 blocks.
+    Q4_1(Vec<BlockQ4_1>),
+    /// Q8_0 blocks.
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// A quantized matrix of `rows` outputs by `cols` inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QMatrix {
+    /// Output dimension.
+    pub rows: usize,
+    /// Input dimension (a multiple of [`QK`]).
+    pub cols: usize,
+    /// Blocks.
+    pub data: QData,
+}
+
+fn bad(msg: String) -> InferenceError {
+    InferenceError::BadModel(msg)
+}
+
+fn f16_at(b: &[u8], i: usize) -> f16 {
+    f16::from_le_bytes([
+        b.get(i).copied().unwrap_or(0),
+        b.get(i + 1).copied().unwrap_or(0),
+    ])
+}
+
+fn array<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    for (d, s) in a.iter_mut().zip(b) {
+        *d = *s;
+    }
+    a
+}
+
+/// The ggml name of a block format we keep as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Q4_0, 18 bytes per block.
+    Q4_0,
+    /// Q4_1, 20 bytes per block.
+    Q4_1,
+    /// Q8_0, 34 bytes per block.
+    Q8_0,
+}
+
+impl Format {
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+}
+
+impl QMatrix {
+    /// Read ggml block bytes (row-major, `rows * cols / 32` blocks).
+    pub fn from_ggml(
+        format: Format,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Self, InferenceError> {
+        if !cols.is_multiple_of(QK) {
+            return Err(bad(format!(
+                "a quantized matrix needs a width that is a multiple of {QK}, not {cols}"
+            )));
+        }
+        let blocks = rows * cols / QK;
+        let want = blocks * format.block_bytes();
+        if bytes.len() != want {
+            return Err(bad(format!(
+                "{format:?} matrix {rows}x{cols}: {} bytes, expected {want}",
+                bytes.len()
+            )));
+        }
+        let chunks = bytes.chunks_exact(format.block_bytes());
+        let data = match format {
+            Format::Q4_0 => QData::Q4_0(
+                chunks
+                    .map(|c| BlockQ4_0 {
+                        d: f16_at(c, 0),
+                        qs: array(c.get(2..).unwrap_or_default()),
+                    })
+                    .collect(),
+            ),
+            Format::Q4_1 => QData::Q4_1(
+                chunks
+                    .map(|c| BlockQ4_1 {
+                        d: f16_at(c, 0),
+                        m: f16_at(c, 2),
+                        qs: array(c.get(4..).unwrap_or_default()),
+                    })
+                    .collect(),
+            ),
+            Format::Q8_0 => QData::Q8_0(
+                chunks
+                    .map(|c| BlockQ8_0 {
+                        d: f16_at(c, 0),
+                        qs: array::<32>(c.get(2..).unwrap_or_default()).map(|b| b as i8),
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Self { rows, cols, data })
+    }
+
+    /// Quantize f32 weights (row-major) to Q8_0, as ggml does.
+    pub fn quantize_q8_0(rows: usize, cols: usize, w: &[f32]) -> Result<Self, InferenceError> {
+        if !cols.is_multiple_of(QK) || w.len() != rows * cols {
+            return Err(bad(format!(
+                "cannot quantize {} values as a {rows}x{cols} matrix with blocks of {QK}",
+                w.len()
+            )));
+        }
+        let blocks = w
+            .chunks_exact(QK)
+            .map(|x| {
+                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut qs = [0i8; 32];
+                for (q, v) in qs.iter_mut().zip(x) {
+                    *q = (v * id).round() as i8;
+                }
+                BlockQ8_0 {
+                    d: f16::from_f32(d),
+                    qs,
+                }
+            })
+            .collect();
+        Ok(Self {
+            rows,
+            cols,
+            data: QData::Q8_0(blocks),
+        })
+    }
+
+    /// Which format the blocks are in.
+    pub fn format(&self) -> Format {
+        match self.data {
+            QData::Q4_0(_) => Format::Q4_0,
+            QData::Q4_1(_) => Format::Q4_1,
+            QData::Q8_0(_) => Format::Q8_0,
+        }
+    }
+
+    /// Bytes the blocks take.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.cols / QK * self.format().block_bytes()
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), InferenceError> {
+        let bpr = self.cols / QK;
+        let range = r * bpr..(r + 1) * bpr;
+        let missing = || InferenceError::BadRequest(format!("row {r} outside the matrix"));
+        match &self.data {
+            QData::Q4_0(b) => {
+                for (blk, o) in b
+                    .get(range)
+                    .ok_or_else(missing)?
+                    .iter()
+                    .zip(out.chunks_exact_mut(QK))
+                {
+                    let d = blk.d.to_f32();
+                    for (j, &q) in blk.qs.iter().enumerate() {
+                        set(o, j, d * (f32::from(q & 0x0F) - 8.0));
+                        set(o, j + 16, d * (f32::from(q >> 4) - 8.0));
+                    }
+                }
+            }
+            QData::Q4_1(b) => {
+                for (blk, o) in b
+                    .get(range)
+                    .ok_or_else(missing)?
+                    .iter()
+                    .zip(out.chunks_exact_mut(QK))
+                {
+                    let (d, m) = (blk.d.to_f32(), blk.m.to_f32());
+                    for (j, &q) in blk.qs.iter().enumerate() {
+                        set(o, j, d * f32::from(q & 0x0F) + m);
+                        set(o, j + 16, d * f32::from(q >> 4) + m);
+                    }
+                }
+            }
+            QData::Q8_0(b) => {
+                for (blk, o) in b
+                    .get(range)
+                    .ok_or_else(missing)?
+                    .iter()
+                    .zip(out.chunks_exact_mut(QK))
+                {
+                    let d = blk.d.to_f32();
+                    for (v, &q) in o.iter_mut().zip(&blk.qs) {
+                        *v = d * f32::from(q);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole matrix as f32.
+    pub fn to_f32(&self) -> Result<Vec<f32>, InferenceError> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, o) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.row_f32(r, o)?;
+        }
+        Ok(out)
+    }
+
+    /// Stack matrices of the same width into one (outputs of the first, then the next...), so
+    /// that one pass over the activations computes them all. Mixed formats become Q8_0.
+    pub fn stack(parts: Vec<QMatrix>) -> Result<Self, InferenceError> {
+        let cols = parts.first().map(|p| p.cols).unwrap_or(0);
+        if parts.iter().any(|p| p.cols != cols) {
+            return Err(bad("stacked matrices differ in width".into()));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let format = parts.first().map(QMatrix::format);
+        if parts.iter().all(|p| Some(p.format()) == format) {
+            let mut it = parts.into_iter();
+            let Some(first) = it.next() else {
+                return Err(bad("nothing to stack".into()));
+            };
+            let mut data = first.data;
+            for p in it {
+                match (&mut data, p.data) {
+                    (QData::Q4_0(a), QData::Q4_0(b)) => a.extend(b),
+                    (QData::Q4_1(a), QData::Q4_1(b)) => a.extend(b),
+                    (QData::Q8_0(a), QData::Q8_0(b)) => a.extend(b),
+                    _ => return Err(InferenceError::Internal("stack: formats differ".into())),
+                }
+            }
+            return Ok(Self { rows, cols, data });
+        }
+        let mut all = Vec::with_capacity(rows * cols);
+        for p in &parts {
+            all.extend(p.to_f32()?);
+        }
+        Self::quantize_q8_0(rows, cols, &all)
+    }
+}
+
+fn set(o: &mut [f32], i: usize, v: f32) {
+    if let Some(x) = o.get_mut(i) {
+        *x = v;
+    }
+}
+
+/// Quantize activation rows (`x.len()` a multiple of `cols`, `cols` of [`QK`]) to Q8 blocks,
+/// with ggml's x86 arithmetic: `q = round_half_even(x * 127 / amax)`, scale and sum kept at f16
+/// precision as its Q8_1 blocks store them.
+pub fn quantize_rows(x: &[f32], out: &mut Vec<BlockQ8>) {
+    out.clear();
+    out.extend(x.chunks_exact(QK).map(|v| {
+        let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; 32];
+        let mut sum = 0i32;
+        for (q, x) in qs.iter_mut().zip(v) {
+            *q = (x * id).round_ties_even() as i8;
+            sum += i32::from(*q);
+        }
+        BlockQ8 {
+            d: f16::from_f32(d).to_f32(),
+            s: f16::from_f32(d * sum as f32).to_f32(),
+            qs,
+        }
+    }));
+}
+
+/// Scalar dot products: the reference for the SIMD ones, and the code other targets run.
+pub mod scalar {
+    use super::{BlockQ4_0, BlockQ4_1, BlockQ8, BlockQ8_0};
+
+    fn nibble_dot(qs: &[u8; 16], a: &[i8; 32]) -> i32 {
+        let mut s = 0i32;
+        for (j, &q) in qs.iter().enumerate() {
+            let lo = a.get(j).copied().unwrap_or(0);
+            let hi = a.get(j + 16).copied().unwrap_or(0);
+            s += i32::from(q & 0x0F) * i32::from(lo) + i32::from(q >> 4) * i32::from(hi);
+        }
+        s
+    }
+
+    /// Q4_0 weights · Q8 activations.
+    pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let d = w.d.to_f32();
+                d * a.d * nibble_dot(&w.qs, &a.qs) as f32 - 8.0 * d * a.s
+            })
+            .sum()
+    }
+
+    /// Q4_1 weights · Q8 activations.
+    pub fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| w.d.to_f32() * a.d * nibble_dot(&w.qs, &a.qs) as f32 + w.m.to_f32() * a.s)
+            .sum()
+    }
+
+    /// Q8_0 weights · Q8 activations.
+    pub fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
+        w.iter()
+            .zip(a)
+            .map(|(w, a)| {
+                let s: i32 =
+                    w.qs.iter()
+                        .zip(&a.qs)
+                        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                        .sum();
+                w.d.to_f32() * a.d * s as f32
+            })
+            .sum()
+    }
+}
+
+/// AVX2 dot products (the x86-64-v3 build).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+pub mod avx2 {
+    use safe_arch::{
+        abs_i8_m256i, add_m128, add_m256, bitand_m256i, cast_to_m128_from_m256,
+        convert_to_m256_from_i32_m256i, extract_m128_from_m256, fused_mul_add_m256,
+        load_unaligned_m128i, load_unaligned_m256i, m256, m256i, mul_i16_horizontal_add_m256i,
+        mul_u8i8_add_horizontal_saturating_m256i, set_m128i_m256i, set_splat_i16_m256i,
+        set_splat_i8_m256i, set_splat_m256, shr_imm_u16_m128i, sign_apply_i8_m256i, zeroed_m256,
+    };
+
+    use super::{BlockQ4_0, BlockQ4_1, BlockQ8, BlockQ8_0};
+
+    /// The 32 nibbles of a block as bytes 0..=15, in weight order.
+    #[inline(always)]
+    fn nibbles(qs: &[u8; 16]) -> m256i {
+        let x = load_unaligned_m128i(qs);
+        let both = set_m128i_m256i(shr_imm_u16_m128i::<4>(x), x);
+        bitand_m256i(both, set_splat_i8_m256i(0x0F))
+    }
+
+    /// Eight i32 sums of u8 × i8 products, as f32.
+    #[inline(always)]
+    fn dot_u8_i8(u: m256i, s: m256i) -> m256 {
+        let p16 = mul_u8i8_add_horizontal_saturating_m256i(u, s);
+        convert_to_m256_from_i32_m256i(mul_i16_horizontal_add_m256i(p16, set_splat_i16_m256i(1)))
+    }
+
+    #[inline(always)]
+    fn hsum(v: m256) -> f32 {
+        let s = add_m128(cast_to_m128_from_m256(v), extract_m128_from_m256::<1>(v));
+        s.to_array().iter().sum()
+    }
+
+    /// One block's contribution: `acc + d * Σ(u·s)` over the 32 lanes.
+    #[inline(always)]
+    fn step(acc: m256, d: f32, u: m256i, s: m256i) -> m256 {
+        fused_mul_add_m256(set_splat_m256(d), dot_u8_i8(u, s), acc)
+    }
+
+    // Each kernel runs two independent accumulators over even and odd blocks, so consecutive
+    // blocks do not wait on each other's fused multiply-add.
+
+    /// Q4_0 weights · Q8 activations.
+    pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8]) -> f32 {
+        let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
+        let mut off = 0f32;
+        let (wp, ap) = (w.chunks_exact(2), a.chunks_exact(2));
+        let (wr, ar) = (wp.remainder(), ap.remainder());
+        for (w, a) in wp.zip(ap) {
+            if let ([w0, w1], [a0, a1]) = (w, a) {
+                let (d0, d1) = (w0.d.to_f32(), w1.d.to_f32());
+                acc0 = step(
+                    acc0,
+                    d0 * a0.d,
+                    nibbles(&w0.qs),
+                    load_unaligned_m256i(&a0.qs),
+                );
+                acc1 = step(
+                    acc1,
+                    d1 * a1.d,
+                    nibbles(&w1.qs),
+                    load_unaligned_m256i(&a1.qs),
+                );
+                off += d0 * a0.s + d1 * a1.s;
+            }
+        }
+        for (w, a) in wr.iter().zip(ar) {
+            let d = w.d.to_f32();
+            acc0 = step(acc0, d * a.d, nibbles(&w.qs), load_unaligned_m256i(&a.qs));
+            off += d * a.s;
+        }
+        hsum(add_m256(acc0, acc1)) - 8.0 * off
+    }
+
+    /// Q4_1 weights · Q8 activations.
+    pub fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
+        let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
+        let mut off = 0f32;
+        let (wp, ap) = (w.chunks_exact(2), a.chunks_exact(2));
+        let (wr, ar) = (wp.remainder(), ap.remainder());
+        for (w, a) in wp.zip(ap) {
+            if let ([w0, w1], [a0, a1]) = (w, a) {
+                acc0 = step(
+                    acc0,
+                    w0.d.to_f32() * a0.d,
+                    nibbles(&w0.qs),
+                    load_unaligned_m256i(&a0.qs),
+                );
+                acc1 = step(
+                    acc1,
+                    w1.d.to_f32() * a1.d,
+                    nibbles(&w1.qs),
+                    load_unaligned_m256i(&a1.qs),
+                );
+                off += w0.m.to_f32() * a0.s + w1.m.to_f32() * a1.s;
+            }
+        }
+        for (w, a) in wr.iter().zip(ar) {
+            acc0 = step(
+                acc0,
+                w.d.to_f32() * a.d,
+                nibbles(&w.qs),
+                load_unaligned_m256i(&a.qs),
+            );
+            off += w.m.to_f32() * a.s;
+        }
+        hsum(add_m256(acc0, acc1)) + off
+    }
+
+    /// Q8_0 weights · Q8 activations (signs moved onto the activations, as maddubs needs).
+    pub fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
+        let q8 = |acc: m256, w: &BlockQ8_0, a: &BlockQ8| {
+            let x = load_unaligned_m256i(&w.qs);
+            let y = load_unaligned_m256i(&a.qs);
+            step(
+                acc,
+                w.d.to_f32() * a.d,
+                abs_i8_m256i(x),
+                sign_apply_i8_m256i(y, x),
+            )
+        };
+        let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
+        let (wp, ap) = (w.chunks_exact(2), a.chunks_exact(2));
+        let (wr, ar) = (wp.remainder(), ap.remainder());
+        for (w, a) in wp.zip(ap) {
+            if let ([w0, w1], [a0, a1]) = (w, a) {
+                acc0 = q8(acc0, w0, a0);
+                acc1 = q8(acc1, w1, a1);
+            }
+        }
+        for (w, a) in wr.iter().zip(ar) {
+            acc0 = q8(acc0, w, a);
+        }
+        hsum(add_m256(acc0, acc1))
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+use avx2 as kernels;
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+use scalar as kernels;
+
+/// The name of the dot-product kernels this build uses.
+pub const KERNELS: &str = if cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)) {
+    "avx2"
+} else {
+    "scalar"
+};
+
+/// How far ahead of the row being computed its successors' weights are requested.
+const PREFETCH_ROWS_AHEAD: usize = 2;
+
+fn prefetch_blocks<T>(blocks: Option<&[T]>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let per_line = (64 / std::mem::size_of::<T>().max(1)).max(1);
+        for b in blocks.unwrap_or_default().iter().step_by(per_line) {
+            safe_arch::prefetch_t0(b);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = blocks;
+}
+
+fn prefetch_row(w: &QMatrix, r: usize) {
+    if r >= w.rows {
+        return;
+    }
+    let bpr = w.cols / QK;
+    let range = r * bpr..(r + 1) * bpr;
+    match &w.data {
+        QData::Q4_0(b) => prefetch_blocks(b.get(range)),
+        QData::Q4_1(b) => prefetch_blocks(b.get(range)),
+        QData::Q8_0(b) => prefetch_blocks(b.get(range)),
+    }
+}
+
+/// Rows of the weight matrix per parallel task: enough work to amortise the hand-off.
+const MIN_ROWS_PER_TASK: usize = 16;
+
+/// `out[b * rows + r] = Σ_c W[r][c] · x[b][c]` for the `batch` activation rows in `xq`
+/// (each `cols / 32` blocks), in parallel over the rows of `W` on the current rayon pool.
+pub fn matmul(
+    w: &QMatrix,
+    xq: &[BlockQ8],
+    batch: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), InferenceError> {
+    let bpr = w.cols / QK;
+    if xq.len() != batch * bpr {
+        return Err(InferenceError::Internal(format!(
+            "matmul: {} activation blocks for a batch of {batch} rows of {bpr}",
+            xq.len()
+        )));
+    }
+    out.clear();
+    out.resize(batch * w.rows, 0.0);
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = (w.rows / (threads * 4)).max(MIN_ROWS_PER_TASK);
+    // Each task writes its rows for every batch row into a slice of `t` (row-major by weight
+    // row), so tasks never share output; the transpose afterwards is cheap next to the dots.
+    let mut t = if batch == 1 {
+        std::mem::take(out)
+    } else {
+        vec![0f32; batch * w.rows]
+    };
+    t.par_chunks_mut(per_task * batch)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let r0 = task * per_task;
+            for (i, outs) in chunk.chunks_exact_mut(batch).enumerate() {
+                let r = r0 + i;
+                let wr = r * bpr..(r + 1) * bpr;
+                // The weights come from far caches or memory: ask for a later row now.
+                prefetch_row(w, r + PREFETCH_ROWS_AHEAD);
+                for (b, o) in outs.iter_mut().enumerate() {
+                    let a = xq.get(b * bpr..(b + 1) * bpr).unwrap_or_default();
+                    *o = match &w.data {
+                        QData::Q4_0(blocks) => {
+                            kernels::dot_q4_0(blocks.get(wr.clone()).unwrap_or_default(), a)
+                        }
+                        QData::Q4_1(blocks) => {
+                            kernels::dot_q4_1(blocks.get(wr.clone()).unwrap_or_default(), a)
+                        }
+                        QData::Q8_0(blocks) => {
+                            kernels::dot_q8_0(blocks.get(wr.clone()).unwrap_or_default(), a)
+                        }
+                    };
+                }
+            }
+        });
+    if batch == 1 {
+        *out = t;
+    } else {
+        for (r, vals) in t.chunks_exact(batch).enumerate() {
+            for (b, v) in vals.iter().enumerate() {
+                if let Some(o) = out.get_mut(b * w.rows + r) {
+                    *o = *v;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random stream (xorshift), so the tests need no RNG crate.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    fn q4_bytes(rows: usize, cols: usize, with_min: bool, seed: u64) -> Vec<u8> {
+        let v = values(rows * cols / QK * 20, seed);
+        let mut out = Vec::new();
+        for blk in v.chunks_exact(20).take(rows * cols / QK) {
+            out.extend(f16::from_f32(blk[0].abs() * 0.1 + 0.01).to_le_bytes());
+            if with_min {
+                out.extend(f16::from_f32(blk[1] * 0.5).to_le_bytes());
+            }
+            out.extend(blk[4..20].iter().map(|x| (x.to_bits() >> 7) as u8));
+        }
+        out
+    }
+
+    fn reference(w: &QMatrix, x: &[f32]) -> Vec<f32> {
+        let wf = w.to_f32().expect("dequantize");
+        let batch = x.len() / w.cols;
+        let mut out = vec![0f32; batch * w.rows];
+        for b in 0..batch {
+            for r in 0..w.rows {
+                out[b * w.rows + r] = (0..w.cols)
+                    .map(|c| wf[r * w.cols + c] * x[b * w.cols + c])
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn matrices(rows: usize, cols: usize) -> Vec<QMatrix> {
+        vec![
+            QMatrix::from_ggml(Format::Q4_0, rows, cols, &q4_bytes(rows, cols, false, 3))
+                .expect("q4_0"),
+            QMatrix::from_ggml(Format::Q4_1, rows, cols, &q4_bytes(rows, cols, true, 5))
+                .expect("q4_1"),
+            QMatrix::quantize_q8_0(rows, cols, &values(rows * cols, 7)).expect("q8_0"),
+        ]
+    }
+
+    #[test]
+    fn simd_kernels_equal_scalar_ones() {
+        let (rows, cols) = (8, 256);
+        let mut xq = Vec::new();
+        quantize_rows(&values(cols, 11), &mut xq);
+        for w in matrices(rows, cols) {
+            for r in 0..rows {
+                let wr = r * cols / QK..(r + 1) * cols / QK;
+                let (simd, scalar) = match &w.data {
+                    QData::Q4_0(b) => (
+                        kernels::dot_q4_0(&b[wr.clone()], &xq),
+                        scalar::dot_q4_0(&b[wr], &xq),
+                    ),
+                    QData::Q4_1(b) => (
+                        kernels::dot_q4_1(&b[wr.clone()], &xq),
+                        scalar::dot_q4_1(&b[wr], &xq),
+                    ),
+                    QData::Q8_0(b) => (
+                        kernels::dot_q8_0(&b[wr.clone()], &xq),
+                        scalar::dot_q8_0(&b[wr], &xq),
+                    ),
+                };
+                let tol = 1e-4 * scalar.abs().max(1.0);
+                assert!(
+                    (simd - scalar).abs() <= tol,
+                    "{:?} row {r}: {simd} vs {scalar}",
+                    w.format()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_matches_dequantized_f32_for_batches() {
+        let (rows, cols) = (70, 128);
+        for batch in [1, 3] {
+            let x = values(batch * cols, 13);
+            let mut xq = Vec::new();
+            quantize_rows(&x, &mut xq);
+            for w in matrices(rows, cols) {
+                let mut got = Vec::new();
+                matmul(&w, &xq, batch, &mut got).expect("matmul");
+                let want = reference(&w, &x);
+                assert_eq!(got.len(), want.len());
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    // Only the activations' 8-bit rounding separates the two.
+                    assert!(
+                        (g - e).abs() <= 0.02 * scale,
+                        "{:?} batch {batch} output {i}: {g} vs {e}",
+                        w.format()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_quantization_round_trips_closely_and_zero_blocks_stay_zero() {
+        let mut v = values(64, 17);
+        v[32..].iter_mut().for_each(|x| *x = 0.0);
+        let m = QMatrix::quantize_q8_0(1, 64, &v).expect("q8_0");
+        let back = m.to_f32().expect("f32");
+        for (a, b) in v.iter().zip(&back) {
+            assert!((a - b).abs() <= 1.0 / 127.0, "{a} vs {b}");
+        }
+        assert!(back[32..].iter().all(|x| *x == 0.0));
+    }
+
+    #[test]
+    fn stacking_keeps_rows_in_order_and_mixed_formats_become_q8_0() {
+        let [a, b, c]: [QMatrix; 3] = matrices(4, 64).try_into().expect("three");
+        let s = QMatrix::stack(vec![b.clone(), b.clone()]).expect("stack");
+        assert_eq!((s.rows, s.format()), (8, Format::Q4_1));
+        assert_eq!(
+            s.to_f32().expect("f32")[..4 * 64],
+            b.to_f32().expect("f32")[..]
+        );
+        let mixed = QMatrix::stack(vec![a.clone(), c.clone()]).expect("mixed");
+        assert_eq!((mixed.rows, mixed.format()), (8, Format::Q8_0));
+        let want = [a.to_f32().expect("a"), c.to_f32().expect("c")].concat();
+        for (x, y) in mixed.to_f32().expect("f32").iter().zip(&want) {
+            assert!((x - y).abs() <= 0.01, "{x} vs {y}");
+        }
+        assert!(QMatrix::stack(vec![
+            a,
+            QMatrix::quantize_q8_0(1, 32, &[0.0; 32]).expect("q")
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn malformed_weights_are_errors() {
+        assert!(QMatrix::from_ggml(Format::Q4_1, 2, 32, &[0u8; 39]).is_err());
+        assert!(QMatrix::from_ggml(Format::Q8_0, 1, 33, &[0u8; 34]).is_err());
+        assert!(QMatrix::quantize_q8_0(2, 32, &[0.0; 63]).is_err());
+        let m = QMatrix::quantize_q8_0(1, 32, &[0.5; 32]).expect("q");
+        assert!(m.row_f32(1, &mut [0.0; 32]).is_err());
+        let mut out = Vec::new();
+        assert!(matmul(&m, &[], 1, &mut out).is_err());
+    }
+}
