@@ -143,7 +143,11 @@ fn batched_decoding_equals_decoding_alone() {
     let Some(engine) = engine() else { return };
     let model = engine.model("").expect("default model");
     let long: String = "Tell me about lighthouses, ships and the sea. ".repeat(40);
-    let prompts = ["What is the capital of France?", "Write a haiku about the sea.", &long];
+    let prompts = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        &long,
+    ];
     let make = |p: &str| {
         chrysalis_inference::Sequence::new(
             Arc::clone(&model),

@@ -373,6 +373,21 @@ pub mod scalar {
             .sum()
     }
 
+    /// Q4_0 weights · four activation rows.
+    pub fn dot4_q4_0(w: &[BlockQ4_0], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        a.map(|a| dot_q4_0(w, a))
+    }
+
+    /// Q4_1 weights · four activation rows.
+    pub fn dot4_q4_1(w: &[BlockQ4_1], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        a.map(|a| dot_q4_1(w, a))
+    }
+
+    /// Q8_0 weights · four activation rows.
+    pub fn dot4_q8_0(w: &[BlockQ8_0], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        a.map(|a| dot_q8_0(w, a))
+    }
+
     /// Q8_0 weights · Q8 activations.
     pub fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
         w.iter()
@@ -437,6 +452,7 @@ pub mod avx2 {
     // blocks do not wait on each other's fused multiply-add.
 
     /// Q4_0 weights · Q8 activations.
+    #[inline(always)]
     pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8]) -> f32 {
         let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
         let mut off = 0f32;
@@ -469,6 +485,7 @@ pub mod avx2 {
     }
 
     /// Q4_1 weights · Q8 activations.
+    #[inline(always)]
     pub fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
         let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
         let mut off = 0f32;
@@ -504,6 +521,7 @@ pub mod avx2 {
     }
 
     /// Q8_0 weights · Q8 activations (signs moved onto the activations, as maddubs needs).
+    #[inline(always)]
     pub fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
         let q8 = |acc: m256, w: &BlockQ8_0, a: &BlockQ8| {
             let x = load_unaligned_m256i(&w.qs);
@@ -528,6 +546,107 @@ pub mod avx2 {
             acc0 = q8(acc0, w, a);
         }
         hsum(add_m256(acc0, acc1))
+    }
+
+    /// `N` activation rows against one weight row. Each weight block is loaded and unpacked once
+    /// for all `N` (`prep` gives its lanes, scale and offset coefficient; `mul` the lane products
+    /// with an activation block). Two accumulators per row (even and odd blocks) keep consecutive
+    /// blocks from waiting on each other. Every row is summed in the same order whatever `N`, so
+    /// a sequence's results do not depend on what it is batched with.
+    #[inline(always)]
+    fn tile<const N: usize, B, W: Copy>(
+        w: &[B],
+        a: [&[BlockQ8]; N],
+        prep: impl Fn(&B) -> (W, f32, f32),
+        mul: impl Fn(W, m256i) -> m256,
+    ) -> [f32; N] {
+        let mut acc0 = [zeroed_m256(); N];
+        let mut acc1 = [zeroed_m256(); N];
+        let mut off = [0f32; N];
+        let (pairs, rest) = w.as_chunks::<2>();
+        let mut acts = a.map(|x| x.as_chunks::<2>().0.iter());
+        for [w0, w1] in pairs {
+            let ((l0, d0, m0), (l1, d1, m1)) = (prep(w0), prep(w1));
+            for (((acc0, acc1), off), act) in acc0
+                .iter_mut()
+                .zip(acc1.iter_mut())
+                .zip(off.iter_mut())
+                .zip(acts.iter_mut())
+            {
+                let Some([x0, x1]) = act.next() else { continue };
+                *acc0 = fused_mul_add_m256(
+                    set_splat_m256(d0 * x0.d),
+                    mul(l0, load_unaligned_m256i(&x0.qs)),
+                    *acc0,
+                );
+                *acc1 = fused_mul_add_m256(
+                    set_splat_m256(d1 * x1.d),
+                    mul(l1, load_unaligned_m256i(&x1.qs)),
+                    *acc1,
+                );
+                *off += m0 * x0.s + m1 * x1.s;
+            }
+        }
+        if let [wl] = rest {
+            let last = w.len() - 1;
+            let (l, d, m) = prep(wl);
+            for ((acc0, off), a) in acc0.iter_mut().zip(off.iter_mut()).zip(a) {
+                let Some(x) = a.get(last) else { continue };
+                *acc0 = fused_mul_add_m256(
+                    set_splat_m256(d * x.d),
+                    mul(l, load_unaligned_m256i(&x.qs)),
+                    *acc0,
+                );
+                *off += m * x.s;
+            }
+        }
+        let mut out = [0f32; N];
+        for (((o, a0), a1), off) in out.iter_mut().zip(acc0).zip(acc1).zip(off) {
+            *o = hsum(add_m256(a0, a1)) + off;
+        }
+        out
+    }
+
+    #[inline(always)]
+    fn prep_q4_0(b: &BlockQ4_0) -> (m256i, f32, f32) {
+        let d = b.d.to_f32();
+        (nibbles(&b.qs), d, -8.0 * d)
+    }
+
+    #[inline(always)]
+    fn prep_q4_1(b: &BlockQ4_1) -> (m256i, f32, f32) {
+        (nibbles(&b.qs), b.d.to_f32(), b.m.to_f32())
+    }
+
+    /// Q8_0 weights are signed: maddubs needs the magnitudes, with the signs moved onto the
+    /// activations.
+    #[inline(always)]
+    fn prep_q8_0(b: &BlockQ8_0) -> ((m256i, m256i), f32, f32) {
+        let x = load_unaligned_m256i(&b.qs);
+        ((abs_i8_m256i(x), x), b.d.to_f32(), 0.0)
+    }
+
+    #[inline(always)]
+    fn mul_q8_0((ax, x): (m256i, m256i), y: m256i) -> m256 {
+        dot_u8_i8(ax, sign_apply_i8_m256i(y, x))
+    }
+
+    /// Q4_0 weights · four activation rows.
+    #[inline(always)]
+    pub fn dot4_q4_0(w: &[BlockQ4_0], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        tile(w, a, prep_q4_0, dot_u8_i8)
+    }
+
+    /// Q4_1 weights · four activation rows.
+    #[inline(always)]
+    pub fn dot4_q4_1(w: &[BlockQ4_1], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        tile(w, a, prep_q4_1, dot_u8_i8)
+    }
+
+    /// Q8_0 weights · four activation rows.
+    #[inline(always)]
+    pub fn dot4_q8_0(w: &[BlockQ8_0], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        tile(w, a, prep_q8_0, mul_q8_0)
     }
 }
 
@@ -570,16 +689,42 @@ fn prefetch_blocks<T>(blocks: Option<&[T]>) {
     let _ = blocks;
 }
 
-fn prefetch_row(w: &QMatrix, r: usize) {
-    if r >= w.rows {
-        return;
-    }
-    let bpr = w.cols / QK;
-    let range = r * bpr..(r + 1) * bpr;
-    match &w.data {
-        QData::Q4_0(b) => prefetch_blocks(b.get(range)),
-        QData::Q4_1(b) => prefetch_blocks(b.get(range)),
-        QData::Q8_0(b) => prefetch_blocks(b.get(range)),
+/// One task's share of a product: weight rows from `r0`, each against every activation row
+/// (`out` holds, per weight row, one value per activation row).
+#[inline(always)]
+fn rows<B>(
+    blocks: &[B],
+    bpr: usize,
+    r0: usize,
+    out: &mut [f32],
+    xq: &[BlockQ8],
+    dot1: impl Fn(&[B], &[BlockQ8]) -> f32,
+    dot4: impl Fn(&[B], [&[BlockQ8]; 4]) -> [f32; 4],
+) {
+    let batch = xq.len() / bpr.max(1);
+    let act = |b: usize| xq.get(b * bpr..(b + 1) * bpr).unwrap_or_default();
+    for (i, outs) in out.chunks_exact_mut(batch.max(1)).enumerate() {
+        let r = r0 + i;
+        // The weights come from far caches or memory: ask for a later row now.
+        let ahead = (r + PREFETCH_ROWS_AHEAD) * bpr;
+        prefetch_blocks(blocks.get(ahead..ahead + bpr));
+        let row = blocks.get(r * bpr..(r + 1) * bpr).unwrap_or_default();
+        if let [o] = outs {
+            *o = dot1(row, xq);
+            continue;
+        }
+        // Four activation rows at a time share each weight block's load and unpacking.
+        let mut quads = outs.chunks_exact_mut(4);
+        for (q, o4) in (&mut quads).enumerate() {
+            o4.copy_from_slice(&dot4(
+                row,
+                [act(4 * q), act(4 * q + 1), act(4 * q + 2), act(4 * q + 3)],
+            ));
+        }
+        let done = batch / 4 * 4;
+        for (j, o) in quads.into_remainder().iter_mut().enumerate() {
+            *o = dot1(row, act(done + j));
+        }
     }
 }
 
@@ -616,24 +761,38 @@ pub fn matmul(
         .enumerate()
         .for_each(|(task, chunk)| {
             let r0 = task * per_task;
-            for (i, outs) in chunk.chunks_exact_mut(batch).enumerate() {
-                let r = r0 + i;
-                let wr = r * bpr..(r + 1) * bpr;
-                // The weights come from far caches or memory: ask for a later row now.
-                prefetch_row(w, r + PREFETCH_ROWS_AHEAD);
-                for (b, o) in outs.iter_mut().enumerate() {
-                    let a = xq.get(b * bpr..(b + 1) * bpr).unwrap_or_default();
+            if batch == 1 {
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    let wr = r * bpr..(r + 1) * bpr;
+                    let ahead =
+                        (r + PREFETCH_ROWS_AHEAD) * bpr..(r + PREFETCH_ROWS_AHEAD + 1) * bpr;
                     *o = match &w.data {
-                        QData::Q4_0(blocks) => {
-                            kernels::dot_q4_0(blocks.get(wr.clone()).unwrap_or_default(), a)
+                        QData::Q4_0(b) => {
+                            prefetch_blocks(b.get(ahead));
+                            kernels::dot_q4_0(b.get(wr).unwrap_or_default(), xq)
                         }
-                        QData::Q4_1(blocks) => {
-                            kernels::dot_q4_1(blocks.get(wr.clone()).unwrap_or_default(), a)
+                        QData::Q4_1(b) => {
+                            prefetch_blocks(b.get(ahead));
+                            kernels::dot_q4_1(b.get(wr).unwrap_or_default(), xq)
                         }
-                        QData::Q8_0(blocks) => {
-                            kernels::dot_q8_0(blocks.get(wr.clone()).unwrap_or_default(), a)
+                        QData::Q8_0(b) => {
+                            prefetch_blocks(b.get(ahead));
+                            kernels::dot_q8_0(b.get(wr).unwrap_or_default(), xq)
                         }
                     };
+                }
+                return;
+            }
+            match &w.data {
+                QData::Q4_0(b) => {
+                    rows(b, bpr, r0, chunk, xq, kernels::dot_q4_0, kernels::dot4_q4_0)
+                }
+                QData::Q4_1(b) => {
+                    rows(b, bpr, r0, chunk, xq, kernels::dot_q4_1, kernels::dot4_q4_1)
+                }
+                QData::Q8_0(b) => {
+                    rows(b, bpr, r0, chunk, xq, kernels::dot_q8_0, kernels::dot4_q8_0)
                 }
             }
         });
@@ -737,10 +896,51 @@ mod tests {
         }
     }
 
+    /// A row's result must not depend on its batch: the four-row kernels give exactly, bit for
+    /// bit, what the one-row kernels give (here with an odd number of blocks, for the tail).
+    #[test]
+    fn four_row_kernels_equal_one_row_kernels_exactly() {
+        let (rows, cols) = (3, 7 * QK);
+        let acts: Vec<Vec<BlockQ8>> = (0..4)
+            .map(|i| {
+                let mut q = Vec::new();
+                quantize_rows(&values(cols, 100 + i), &mut q);
+                q
+            })
+            .collect();
+        let a = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
+        for w in matrices(rows, cols) {
+            for r in 0..rows {
+                let wr = r * cols / QK..(r + 1) * cols / QK;
+                let (four, one) = match &w.data {
+                    QData::Q4_0(b) => (
+                        kernels::dot4_q4_0(&b[wr.clone()], a),
+                        a.map(|a| kernels::dot_q4_0(&b[wr.clone()], a)),
+                    ),
+                    QData::Q4_1(b) => (
+                        kernels::dot4_q4_1(&b[wr.clone()], a),
+                        a.map(|a| kernels::dot_q4_1(&b[wr.clone()], a)),
+                    ),
+                    QData::Q8_0(b) => (
+                        kernels::dot4_q8_0(&b[wr.clone()], a),
+                        a.map(|a| kernels::dot_q8_0(&b[wr.clone()], a)),
+                    ),
+                };
+                assert_eq!(
+                    four.map(f32::to_bits),
+                    one.map(f32::to_bits),
+                    "{:?} row {r}",
+                    w.format()
+                );
+            }
+        }
+    }
+
     #[test]
     fn matmul_matches_dequantized_f32_for_batches() {
         let (rows, cols) = (70, 128);
-        for batch in [1, 3] {
+        // 1: the single-row kernels; 5: a tile of four rows and one more.
+        for batch in [1, 3, 5] {
             let x = values(batch * cols, 13);
             let mut xq = Vec::new();
             quantize_rows(&x, &mut xq);
