@@ -40,7 +40,8 @@ pub struct GenerateArgs {
     /// Stop string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Weight precision: auto (requantize slow formats to Q8_0 on CPU) or native.
+    /// Weight precision: auto (the native engine on CPU: Q4_0/Q4_1/Q8_0 as stored, other
+    /// formats as Q8_0; batched) or native (candle, exactly the file's tensors).
     #[arg(long, default_value = "auto")]
     pub precision: chrysalis_inference::Precision,
     /// Device: auto, cpu or cuda.

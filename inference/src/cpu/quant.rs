@@ -58,6 +58,80 @@ pub struct BlockQ8 {
     pub qs: [i8; 32],
 }
 
+/// A GGML weight block: how it is laid out in a file and what it stands for.
+trait Block: Sized {
+    /// Bytes in a file.
+    const BYTES: usize;
+    /// From its bytes (exactly [`Self::BYTES`]).
+    fn parse(b: &[u8]) -> Self;
+    /// The 32 weights.
+    fn dequantize(&self, out: &mut [f32]);
+}
+
+/// Weight `j` and `j + 16` from byte `j`'s low and high nibble, each mapped by `f`.
+fn unpack_nibbles(qs: &[u8; 16], out: &mut [f32], f: impl Fn(u8) -> f32) {
+    let (lo, hi) = out.split_at_mut(16.min(out.len()));
+    for ((q, l), h) in qs.iter().zip(lo.iter_mut()).zip(hi.iter_mut()) {
+        *l = f(q & 0x0F);
+        *h = f(q >> 4);
+    }
+}
+
+impl Block for BlockQ4_0 {
+    const BYTES: usize = 18;
+    fn parse(b: &[u8]) -> Self {
+        Self {
+            d: f16_at(b, 0),
+            qs: array(b.get(2..).unwrap_or_default()),
+        }
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        let d = self.d.to_f32();
+        unpack_nibbles(&self.qs, out, |q| d * (f32::from(q) - 8.0));
+    }
+}
+
+impl Block for BlockQ4_1 {
+    const BYTES: usize = 20;
+    fn parse(b: &[u8]) -> Self {
+        Self {
+            d: f16_at(b, 0),
+            m: f16_at(b, 2),
+            qs: array(b.get(4..).unwrap_or_default()),
+        }
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        let (d, m) = (self.d.to_f32(), self.m.to_f32());
+        unpack_nibbles(&self.qs, out, |q| d * f32::from(q) + m);
+    }
+}
+
+impl Block for BlockQ8_0 {
+    const BYTES: usize = 34;
+    fn parse(b: &[u8]) -> Self {
+        Self {
+            d: f16_at(b, 0),
+            qs: array::<32>(b.get(2..).unwrap_or_default()).map(|b| b as i8),
+        }
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        let d = self.d.to_f32();
+        for (v, &q) in out.iter_mut().zip(&self.qs) {
+            *v = d * f32::from(q);
+        }
+    }
+}
+
+fn parse_blocks<B: Block>(bytes: &[u8]) -> Vec<B> {
+    bytes.chunks_exact(B::BYTES).map(B::parse).collect()
+}
+
+fn dequantize_blocks<B: Block>(blocks: &[B], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+        b.dequantize(o);
+    }
+}
+
 /// The blocks of a weight matrix, row after row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QData {
@@ -114,9 +188,9 @@ impl Format {
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         match self {
-            Self::Q4_0 => 18,
-            Self::Q4_1 => 20,
-            Self::Q8_0 => 34,
+            Self::Q4_0 => BlockQ4_0::BYTES,
+            Self::Q4_1 => BlockQ4_1::BYTES,
+            Self::Q8_0 => BlockQ8_0::BYTES,
         }
     }
 }
@@ -142,33 +216,10 @@ impl QMatrix {
                 bytes.len()
             )));
         }
-        let chunks = bytes.chunks_exact(format.block_bytes());
         let data = match format {
-            Format::Q4_0 => QData::Q4_0(
-                chunks
-                    .map(|c| BlockQ4_0 {
-                        d: f16_at(c, 0),
-                        qs: array(c.get(2..).unwrap_or_default()),
-                    })
-                    .collect(),
-            ),
-            Format::Q4_1 => QData::Q4_1(
-                chunks
-                    .map(|c| BlockQ4_1 {
-                        d: f16_at(c, 0),
-                        m: f16_at(c, 2),
-                        qs: array(c.get(4..).unwrap_or_default()),
-                    })
-                    .collect(),
-            ),
-            Format::Q8_0 => QData::Q8_0(
-                chunks
-                    .map(|c| BlockQ8_0 {
-                        d: f16_at(c, 0),
-                        qs: array::<32>(c.get(2..).unwrap_or_default()).map(|b| b as i8),
-                    })
-                    .collect(),
-            ),
+            Format::Q4_0 => QData::Q4_0(parse_blocks(bytes)),
+            Format::Q4_1 => QData::Q4_1(parse_blocks(bytes)),
+            Format::Q8_0 => QData::Q8_0(parse_blocks(bytes)),
         };
         Ok(Self { rows, cols, data })
     }
@@ -224,47 +275,9 @@ impl QMatrix {
         let range = r * bpr..(r + 1) * bpr;
         let missing = || InferenceError::BadRequest(format!("row {r} outside the matrix"));
         match &self.data {
-            QData::Q4_0(b) => {
-                for (blk, o) in b
-                    .get(range)
-                    .ok_or_else(missing)?
-                    .iter()
-                    .zip(out.chunks_exact_mut(QK))
-                {
-                    let d = blk.d.to_f32();
-                    for (j, &q) in blk.qs.iter().enumerate() {
-                        set(o, j, d * (f32::from(q & 0x0F) - 8.0));
-                        set(o, j + 16, d * (f32::from(q >> 4) - 8.0));
-                    }
-                }
-            }
-            QData::Q4_1(b) => {
-                for (blk, o) in b
-                    .get(range)
-                    .ok_or_else(missing)?
-                    .iter()
-                    .zip(out.chunks_exact_mut(QK))
-                {
-                    let (d, m) = (blk.d.to_f32(), blk.m.to_f32());
-                    for (j, &q) in blk.qs.iter().enumerate() {
-                        set(o, j, d * f32::from(q & 0x0F) + m);
-                        set(o, j + 16, d * f32::from(q >> 4) + m);
-                    }
-                }
-            }
-            QData::Q8_0(b) => {
-                for (blk, o) in b
-                    .get(range)
-                    .ok_or_else(missing)?
-                    .iter()
-                    .zip(out.chunks_exact_mut(QK))
-                {
-                    let d = blk.d.to_f32();
-                    for (v, &q) in o.iter_mut().zip(&blk.qs) {
-                        *v = d * f32::from(q);
-                    }
-                }
-            }
+            QData::Q4_0(b) => dequantize_blocks(b.get(range).ok_or_else(missing)?, out),
+            QData::Q4_1(b) => dequantize_blocks(b.get(range).ok_or_else(missing)?, out),
+            QData::Q8_0(b) => dequantize_blocks(b.get(range).ok_or_else(missing)?, out),
         }
         Ok(())
     }
@@ -308,12 +321,6 @@ impl QMatrix {
             all.extend(p.to_f32()?);
         }
         Self::quantize_q8_0(rows, cols, &all)
-    }
-}
-
-fn set(o: &mut [f32], i: usize, v: f32) {
-    if let Some(x) = o.get_mut(i) {
-        *x = v;
     }
 }
 
@@ -442,110 +449,63 @@ pub mod avx2 {
         s.to_array().iter().sum()
     }
 
-    /// One block's contribution: `acc + d * Σ(u·s)` over the 32 lanes.
+    /// One weight row against one activation row (the decode hot path): the operations of
+    /// [`tile`] in the same order, written over the pairs of both slices at once.
     #[inline(always)]
-    fn step(acc: m256, d: f32, u: m256i, s: m256i) -> m256 {
-        fused_mul_add_m256(set_splat_m256(d), dot_u8_i8(u, s), acc)
-    }
-
-    // Each kernel runs two independent accumulators over even and odd blocks, so consecutive
-    // blocks do not wait on each other's fused multiply-add.
-
-    /// Q4_0 weights · Q8 activations.
-    #[inline(always)]
-    pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8]) -> f32 {
+    fn single<B, W: Copy>(
+        w: &[B],
+        a: &[BlockQ8],
+        prep: impl Fn(&B) -> (W, f32, f32),
+        mul: impl Fn(W, m256i) -> m256,
+    ) -> f32 {
         let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
         let mut off = 0f32;
         let (wp, ap) = (w.chunks_exact(2), a.chunks_exact(2));
         let (wr, ar) = (wp.remainder(), ap.remainder());
         for (w, a) in wp.zip(ap) {
-            if let ([w0, w1], [a0, a1]) = (w, a) {
-                let (d0, d1) = (w0.d.to_f32(), w1.d.to_f32());
-                acc0 = step(
+            if let ([w0, w1], [x0, x1]) = (w, a) {
+                let ((l0, d0, m0), (l1, d1, m1)) = (prep(w0), prep(w1));
+                acc0 = fused_mul_add_m256(
+                    set_splat_m256(d0 * x0.d),
+                    mul(l0, load_unaligned_m256i(&x0.qs)),
                     acc0,
-                    d0 * a0.d,
-                    nibbles(&w0.qs),
-                    load_unaligned_m256i(&a0.qs),
                 );
-                acc1 = step(
+                acc1 = fused_mul_add_m256(
+                    set_splat_m256(d1 * x1.d),
+                    mul(l1, load_unaligned_m256i(&x1.qs)),
                     acc1,
-                    d1 * a1.d,
-                    nibbles(&w1.qs),
-                    load_unaligned_m256i(&a1.qs),
                 );
-                off += d0 * a0.s + d1 * a1.s;
+                off += m0 * x0.s + m1 * x1.s;
             }
         }
-        for (w, a) in wr.iter().zip(ar) {
-            let d = w.d.to_f32();
-            acc0 = step(acc0, d * a.d, nibbles(&w.qs), load_unaligned_m256i(&a.qs));
-            off += d * a.s;
+        for (w, x) in wr.iter().zip(ar) {
+            let (l, d, m) = prep(w);
+            acc0 = fused_mul_add_m256(
+                set_splat_m256(d * x.d),
+                mul(l, load_unaligned_m256i(&x.qs)),
+                acc0,
+            );
+            off += m * x.s;
         }
-        hsum(add_m256(acc0, acc1)) - 8.0 * off
+        hsum(add_m256(acc0, acc1)) + off
+    }
+
+    /// Q4_0 weights · Q8 activations.
+    #[inline(always)]
+    pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8]) -> f32 {
+        single(w, a, prep_q4_0, dot_u8_i8)
     }
 
     /// Q4_1 weights · Q8 activations.
     #[inline(always)]
     pub fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
-        let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
-        let mut off = 0f32;
-        let (wp, ap) = (w.chunks_exact(2), a.chunks_exact(2));
-        let (wr, ar) = (wp.remainder(), ap.remainder());
-        for (w, a) in wp.zip(ap) {
-            if let ([w0, w1], [a0, a1]) = (w, a) {
-                acc0 = step(
-                    acc0,
-                    w0.d.to_f32() * a0.d,
-                    nibbles(&w0.qs),
-                    load_unaligned_m256i(&a0.qs),
-                );
-                acc1 = step(
-                    acc1,
-                    w1.d.to_f32() * a1.d,
-                    nibbles(&w1.qs),
-                    load_unaligned_m256i(&a1.qs),
-                );
-                off += w0.m.to_f32() * a0.s + w1.m.to_f32() * a1.s;
-            }
-        }
-        for (w, a) in wr.iter().zip(ar) {
-            acc0 = step(
-                acc0,
-                w.d.to_f32() * a.d,
-                nibbles(&w.qs),
-                load_unaligned_m256i(&a.qs),
-            );
-            off += w.m.to_f32() * a.s;
-        }
-        hsum(add_m256(acc0, acc1)) + off
+        single(w, a, prep_q4_1, dot_u8_i8)
     }
 
-    /// Q8_0 weights · Q8 activations (signs moved onto the activations, as maddubs needs).
+    /// Q8_0 weights · Q8 activations.
     #[inline(always)]
     pub fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
-        let q8 = |acc: m256, w: &BlockQ8_0, a: &BlockQ8| {
-            let x = load_unaligned_m256i(&w.qs);
-            let y = load_unaligned_m256i(&a.qs);
-            step(
-                acc,
-                w.d.to_f32() * a.d,
-                abs_i8_m256i(x),
-                sign_apply_i8_m256i(y, x),
-            )
-        };
-        let (mut acc0, mut acc1) = (zeroed_m256(), zeroed_m256());
-        let (wp, ap) = (w.chunks_exact(2), a.chunks_exact(2));
-        let (wr, ar) = (wp.remainder(), ap.remainder());
-        for (w, a) in wp.zip(ap) {
-            if let ([w0, w1], [a0, a1]) = (w, a) {
-                acc0 = q8(acc0, w0, a0);
-                acc1 = q8(acc1, w1, a1);
-            }
-        }
-        for (w, a) in wr.iter().zip(ar) {
-            acc0 = q8(acc0, w, a);
-        }
-        hsum(add_m256(acc0, acc1))
+        single(w, a, prep_q8_0, mul_q8_0)
     }
 
     /// `N` activation rows against one weight row. Each weight block is loaded and unpacked once
