@@ -284,38 +284,41 @@ impl Sequence {
 /// batch (one pass over the weights for all of them; see [`feed_many`]). Finished sequences
 /// yield no events. A sequence's error is its own; the others go on.
 pub fn step_many(seqs: &mut [&mut Sequence]) -> Vec<Result<Vec<Event>, InferenceError>> {
-    let mut inputs: Vec<(Vec<u32>, bool)> = Vec::with_capacity(seqs.len());
-    for s in seqs.iter_mut() {
-        if !s.done && s.generated.is_empty() && s.prefilled == 0 {
-            s.started = Instant::now();
-        }
-        let (t, l) = s.next_input();
-        inputs.push((t.to_vec(), l));
-    }
-    let active: Vec<usize> = (0..seqs.len())
-        .filter(|i| seqs.get(*i).is_some_and(|s| !s.done))
+    // What each unfinished sequence feeds (copied: the sessions are borrowed mutably below).
+    let inputs: Vec<Option<(Vec<u32>, bool)>> = seqs
+        .iter_mut()
+        .map(|s| {
+            if s.done {
+                return None;
+            }
+            if s.generated.is_empty() && s.prefilled == 0 {
+                s.started = Instant::now();
+            }
+            let (t, l) = s.next_input();
+            Some((t.to_vec(), l))
+        })
         .collect();
-    let mut feeds: Vec<Feed<'_>> = Vec::with_capacity(active.len());
-    for (i, s) in seqs.iter_mut().enumerate() {
-        if let (true, Some((tokens, logits))) = (active.contains(&i), inputs.get(i)) {
-            feeds.push(Feed {
+    let mut feeds: Vec<Feed<'_>> = seqs
+        .iter_mut()
+        .zip(&inputs)
+        .filter_map(|(s, input)| {
+            input.as_ref().map(|(tokens, logits)| Feed {
                 session: &mut s.session,
                 tokens,
                 logits: *logits,
-            });
-        }
-    }
+            })
+        })
+        .collect();
     let mut results = feed_many(&mut feeds).into_iter();
     drop(feeds);
     let mut out = Vec::with_capacity(seqs.len());
-    for (i, s) in seqs.iter_mut().enumerate() {
-        if !active.contains(&i) {
+    for (s, input) in seqs.iter_mut().zip(&inputs) {
+        let Some((tokens, _)) = input else {
             out.push(Ok(Vec::new()));
             continue;
-        }
-        let fed = inputs.get(i).map_or(0, |(t, _)| t.len());
+        };
         out.push(match results.next() {
-            Some(Ok(logits)) => s.advance(fed, logits),
+            Some(Ok(logits)) => s.advance(tokens.len(), logits),
             Some(Err(e)) => Err(e),
             None => Err(InferenceError::Internal("missing step result".into())),
         });

@@ -371,6 +371,7 @@ impl Model {
 #[derive(Debug)]
 pub struct Session {
     weights: Weights,
+    /// Position of a candle session (a native session's cache keeps its own).
     pos: usize,
     device: Device,
 }
@@ -402,7 +403,10 @@ impl Session {
 
     /// Tokens in the cache.
     pub fn position(&self) -> usize {
-        self.pos
+        match &self.weights {
+            Weights::Native { cache, .. } => cache.position(),
+            _ => self.pos,
+        }
     }
 
     /// The native model this session runs on, if any (sessions of one model batch together).
@@ -503,8 +507,7 @@ pub fn feed_many(batch: &mut [Feed<'_>]) -> Vec<Result<Option<Tensor>, Inference
         }
     }
     for (i, f) in batch.iter_mut().enumerate() {
-        if let Weights::Native { cache, .. } = &f.session.weights {
-            f.session.pos = cache.position();
+        if f.session.native().is_some() {
             continue;
         }
         if let Some(slot) = results.get_mut(i) {

@@ -721,6 +721,8 @@ pub fn matmul(
         .enumerate()
         .for_each(|(task, chunk)| {
             let r0 = task * per_task;
+            // One activation row (every decode step of a single stream): its own loop. Going
+            // through `rows` here measured about 10 % slower decoding (BENCHMARKS.md method).
             if batch == 1 {
                 for (i, o) in chunk.iter_mut().enumerate() {
                     let r = r0 + i;
