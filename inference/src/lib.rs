@@ -1,8 +1,11 @@
 //! Chrysalis inference engine: quantized LLMs (llama family, qwen2) on candle.
 //!
-//! - [`model`]: loading a GGUF (read once, hashed), devices, sessions, batched feeding.
+//! - [`model`]: loading a GGUF or a Hugging Face directory (read once, hashed), devices,
+//!   sessions, batched feeding.
+//! - [`hf`]: Hugging Face directories: config, safetensors weights, manifest identity.
 //! - [`cpu`]: the native CPU engine: our quantized kernels and a batched llama-family forward.
-//! - [`tokenizer`]: byte-level BPE from the GGUF metadata, with the right pre-tokenizer.
+//! - [`tokenizer`]: byte-level BPE from the GGUF metadata or `tokenizer.json`, with the right
+//!   pre-tokenizer.
 //! - [`template`]: the chat template the GGUF carries, rendered with minijinja.
 //! - [`sampling`]: parameters, greedy/temperature/top-k/top-p sampling, stop strings.
 //! - [`engine`]: a request as a stepwise [`engine::Sequence`]; the [`engine::Engine`] of models.
@@ -14,6 +17,7 @@
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod hf;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;

@@ -1,6 +1,7 @@
-//! Loading a model: the file is read once into memory (so what is hashed is what is run, even
-//! when the disk belongs to an untrusted host), its SHA-256 becomes the model's identity, and the
-//! weights are built by candle from the GGUF.
+//! Loading a model: the files are read once into memory (so what is hashed is what is run, even
+//! when the disk belongs to an untrusted host), their SHA-256 becomes the model's identity (for a
+//! Hugging Face directory, the digest of its manifest, [`crate::hf`]), and the weights are built
+//! for the native CPU engine or for candle.
 
 use std::io::{Cursor, Read};
 use std::path::Path;
@@ -8,12 +9,13 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use candle_transformers::models::{llama, qwen2, quantized_llama, quantized_qwen2};
 use sha2::{Digest, Sha256};
 
 use crate::cpu::transformer::{BatchItem, KvCache, Transformer};
 use crate::cpu::{gguf_config, GgufSource};
 use crate::error::InferenceError;
+use crate::hf::{self, HfDir, ModelFile};
 use crate::template::{ChatTemplate, CHATML};
 use crate::tokenizer::Tokenizer;
 
@@ -115,6 +117,10 @@ pub struct ModelIdentity {
     pub architecture: String,
     /// Context length the engine serves.
     pub context_length: usize,
+    /// For a Hugging Face directory, the files in its manifest (`sha256` is the manifest's
+    /// digest); empty for a single GGUF file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ModelFile>,
 }
 
 /// Weights as loaded. Llama weights clone cheaply (tensors are shared) with an empty KV cache;
@@ -127,6 +133,11 @@ enum Weights {
         model: Arc<Transformer>,
         cache: KvCache,
     },
+    HfLlama {
+        model: Box<llama::Llama>,
+        cache: Box<llama::Cache>,
+    },
+    HfQwen2(Box<qwen2::ModelForCausalLM>),
 }
 
 impl std::fmt::Debug for Weights {
@@ -135,6 +146,8 @@ impl std::fmt::Debug for Weights {
             Self::Llama(_) => "Weights::Llama",
             Self::Qwen2(_) => "Weights::Qwen2",
             Self::Native { .. } => "Weights::Native",
+            Self::HfLlama { .. } => "Weights::HfLlama",
+            Self::HfQwen2(_) => "Weights::HfQwen2",
         })
     }
 }
@@ -144,6 +157,12 @@ enum WeightSource {
     Llama(Box<quantized_llama::ModelWeights>),
     Qwen2(Arc<Vec<u8>>),
     Native(Arc<Transformer>),
+    HfLlama {
+        model: Box<llama::Llama>,
+        config: Box<llama::Config>,
+        dtype: candle_core::DType,
+    },
+    HfQwen2(Box<qwen2::ModelForCausalLM>),
 }
 
 impl std::fmt::Debug for WeightSource {
@@ -152,6 +171,8 @@ impl std::fmt::Debug for WeightSource {
             Self::Llama(_) => "WeightSource::Llama",
             Self::Qwen2(_) => "WeightSource::Qwen2",
             Self::Native(_) => "WeightSource::Native",
+            Self::HfLlama { .. } => "WeightSource::HfLlama",
+            Self::HfQwen2(_) => "WeightSource::HfQwen2",
         })
     }
 }
@@ -164,6 +185,19 @@ impl WeightSource {
                 cache: m.new_cache(),
                 model: Arc::clone(m),
             }),
+            Self::HfLlama {
+                model,
+                config,
+                dtype,
+            } => Ok(Weights::HfLlama {
+                model: model.clone(),
+                cache: Box::new(llama::Cache::new(true, *dtype, config, device)?),
+            }),
+            Self::HfQwen2(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                Ok(Weights::HfQwen2(m))
+            }
             Self::Qwen2(bytes) => {
                 let mut r = Cursor::new(bytes.as_slice());
                 let ct = gguf_file::Content::read(&mut r)
@@ -235,16 +269,16 @@ fn read_with_progress(path: &Path) -> Result<Vec<u8>, InferenceError> {
 }
 
 impl Model {
-    /// Load a GGUF model file.
+    /// Load a model: a GGUF file, or a Hugging Face directory (the directory, or its
+    /// `config.json` or a `.safetensors` file in it).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
         let is_gguf = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-        if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
-            return Err(InferenceError::UnsupportedModel(format!(
-                "{}: safetensors models are not supported yet; convert to GGUF",
-                path.display()
-            )));
+        if !is_gguf {
+            if let Some(dir) = HfDir::dir_of(path) {
+                return Self::load_hf(&dir, opts);
+            }
         }
         let bytes = read_with_progress(path)?;
         if !is_gguf && bytes.get(..4) != Some(b"GGUF") {
@@ -346,10 +380,73 @@ impl Model {
             size,
             architecture: arch,
             context_length,
+            files: Vec::new(),
         };
         tracing::info!(target: "chrysalis::model", model = %identity.name, sha256 = %hex::encode(sha256), size, precision = ?opts.precision, device = ?device, "model loaded");
         Ok(Self {
             weights,
+            tokenizer,
+            template,
+            identity,
+            device,
+        })
+    }
+
+    /// Load a Hugging Face model directory ([`crate::hf`]).
+    fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
+        let device = opts.device.device()?;
+        let files = HfDir::read(dir, &read_with_progress)?;
+        let config_json = files
+            .json("config.json")?
+            .ok_or_else(|| InferenceError::Internal("config.json was not read".into()))?;
+        let cfg = hf::parse_config(&config_json)?;
+        let hints = files.tokenizer_hints()?;
+        let tokenizer = Tokenizer::from_hf(
+            files.bytes("tokenizer.json").unwrap_or_default(),
+            &hints,
+        )?;
+        if tokenizer.vocab_size() > cfg.config.vocab {
+            return Err(InferenceError::BadModel(format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tokenizer.vocab_size(),
+                cfg.config.vocab
+            )));
+        }
+        let template = ChatTemplate::new(
+            files.chat_template()?.as_deref().unwrap_or(CHATML),
+            hints.bos_token.as_deref().unwrap_or(""),
+            hints.eos_token.as_deref().unwrap_or(""),
+        )?;
+        let weights = hf::Weights::parse(&files)?;
+        weights.check(&cfg)?;
+        let native = opts.precision == Precision::Auto && device.is_cpu();
+        let source = if native {
+            let model = Transformer::load(
+                cfg.config.clone(),
+                &mut hf::HfSource::new(&weights, &cfg),
+            )?;
+            tracing::info!(target: "chrysalis::model", engine = "native", kernels = crate::cpu::quant::KERNELS, formats = ?model.formats(), weight_mib = model.weight_bytes() >> 20, "weights ready");
+            WeightSource::Native(Arc::new(model))
+        } else {
+            candle_hf(&cfg, &weights, &device)?
+        };
+        drop(weights);
+        let identity = ModelIdentity {
+            name: opts.name.clone().unwrap_or_else(|| {
+                dir.canonicalize()
+                    .ok()
+                    .and_then(|d| d.file_name().map(|s| s.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "model".into())
+            }),
+            sha256: files.digest(),
+            size: files.total_size(),
+            architecture: cfg.architecture.clone(),
+            context_length: cfg.config.context_length,
+            files: files.files.clone(),
+        };
+        tracing::info!(target: "chrysalis::model", model = %identity.name, manifest_sha256 = %hex::encode(identity.sha256), files = identity.files.len(), size = identity.size, precision = ?opts.precision, device = ?device, "model loaded");
+        Ok(Self {
+            weights: source,
             tokenizer,
             template,
             identity,
@@ -422,6 +519,8 @@ impl Session {
         let logits = match &mut self.weights {
             Weights::Llama(m) => m.forward(&x, self.pos)?,
             Weights::Qwen2(m) => m.forward(&x, self.pos)?,
+            Weights::HfLlama { model, cache } => model.forward(&x, self.pos, cache)?,
+            Weights::HfQwen2(m) => m.forward(&x, self.pos)?,
             Weights::Native { .. } => {
                 return Err(InferenceError::Internal(
                     "native session fed as candle".into(),
@@ -429,7 +528,8 @@ impl Session {
             }
         };
         self.pos += tokens.len();
-        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
+        // The last position's logits, whatever leading dimensions the model keeps.
+        Ok(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?)
     }
 }
 
@@ -524,3 +624,96 @@ pub fn feed_many(batch: &mut [Feed<'_>]) -> Vec<Result<Option<Tensor>, Inference
 
 /// A model shared between threads.
 pub type SharedModel = Arc<Model>;
+
+/// candle's full-precision llama / qwen2 on a checked directory: f32 on CPU, bf16 on a GPU.
+fn candle_hf(
+    cfg: &hf::HfConfig,
+    weights: &hf::Weights<'_>,
+    device: &Device,
+) -> Result<WeightSource, InferenceError> {
+    let c = &cfg.config;
+    let dtype = if device.is_cpu() {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::BF16
+    };
+    let mut tensors = std::collections::HashMap::new();
+    for name in weights.names() {
+        if let Some((shape, data)) = weights.f32(name)? {
+            let t = Tensor::from_vec(data, shape, &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?;
+            tensors.insert(name.clone(), t);
+        }
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
+    match cfg.architecture.as_str() {
+        "llama" => {
+            // candle's llama derives the head size and has no Q/K/V biases.
+            if c.head_dim * c.n_head != c.n_embd || cfg.attention_bias {
+                return Err(InferenceError::UnsupportedModel(
+                    "this llama variant (explicit head_dim or attention biases) runs only on the \
+                     native engine: --precision auto on CPU"
+                        .into(),
+                ));
+            }
+            let config = llama::Config {
+                hidden_size: c.n_embd,
+                intermediate_size: c.n_ff,
+                vocab_size: c.vocab,
+                num_hidden_layers: c.n_layer,
+                num_attention_heads: c.n_head,
+                num_key_value_heads: c.n_head_kv,
+                use_flash_attn: false,
+                rms_norm_eps: f64::from(c.eps),
+                rope_theta: c.rope_base,
+                bos_token_id: None,
+                eos_token_id: None,
+                rope_scaling: cfg.rope_scaling.map(|s| llama::Llama3RopeConfig {
+                    factor: s.factor,
+                    low_freq_factor: s.low_freq_factor,
+                    high_freq_factor: s.high_freq_factor,
+                    original_max_position_embeddings: s.original_max_position_embeddings,
+                    rope_type: llama::Llama3RopeType::Llama3,
+                }),
+                max_position_embeddings: c.context_length,
+                tie_word_embeddings: cfg.tied,
+            };
+            let model = llama::Llama::load(vb, &config)?;
+            Ok(WeightSource::HfLlama {
+                model: Box::new(model),
+                config: Box::new(config),
+                dtype,
+            })
+        }
+        "qwen2" => {
+            if c.head_dim * c.n_head != c.n_embd {
+                return Err(InferenceError::UnsupportedModel(
+                    "qwen2 with an explicit head_dim runs only on the native engine".into(),
+                ));
+            }
+            let config = qwen2::Config {
+                vocab_size: c.vocab,
+                hidden_size: c.n_embd,
+                intermediate_size: c.n_ff,
+                num_hidden_layers: c.n_layer,
+                num_attention_heads: c.n_head,
+                num_key_value_heads: c.n_head_kv,
+                max_position_embeddings: c.context_length,
+                sliding_window: c.context_length,
+                max_window_layers: c.n_layer,
+                tie_word_embeddings: cfg.tied,
+                rope_theta: f64::from(c.rope_base),
+                rms_norm_eps: f64::from(c.eps),
+                use_sliding_window: false,
+                hidden_act: candle_nn::Activation::Silu,
+            };
+            Ok(WeightSource::HfQwen2(Box::new(
+                qwen2::ModelForCausalLM::new(&config, vb)?,
+            )))
+        }
+        other => Err(InferenceError::UnsupportedModel(format!(
+            "architecture {other:?}"
+        ))),
+    }
+}

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file;
 use fancy_regex::Regex;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::error::InferenceError;
 
@@ -71,6 +72,8 @@ pub struct Tokenizer {
     specials_by_len: Vec<(String, u32)>,
     merges: HashMap<(String, String), u32>,
     splits: Vec<Regex>,
+    nfc: bool,
+    ignore_merges: bool,
     byte_enc: [char; 256],
     byte_dec: HashMap<char, u8>,
     /// Token ids that end generation.
@@ -100,6 +103,31 @@ fn opt_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
     md(ct, key).and_then(|v| v.to_u32().ok())
 }
 
+/// What a tokenizer is made of, whichever file describes it.
+#[derive(Debug, Default)]
+pub(crate) struct Parts {
+    /// Token texts by id (byte-level encoded for ordinary tokens, literal for special ones).
+    pub tokens: Vec<String>,
+    /// Per id: matched literally in the input and decoded literally (control / added tokens).
+    pub special: Vec<bool>,
+    /// Merge pairs, lowest rank first.
+    pub merges: Vec<(String, String)>,
+    /// Pre-tokenizer split patterns, applied in order.
+    pub splits: Vec<String>,
+    /// Unicode NFC normalization of ordinary text before it is split.
+    pub nfc: bool,
+    /// A piece that is itself in the vocabulary is one token, without merging (Llama 3).
+    pub ignore_merges: bool,
+    /// Ids that end generation, before the well-known turn-end tokens are added.
+    pub eog: Vec<u32>,
+    /// The BOS token.
+    pub bos: Option<u32>,
+    /// Whether BOS is prepended to a prompt.
+    pub add_bos: bool,
+    /// Name of the pre-tokenizer, for diagnostics.
+    pub pre: String,
+}
+
 impl Tokenizer {
     /// Build the tokenizer a GGUF file describes.
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self, InferenceError> {
@@ -117,7 +145,20 @@ impl Tokenizer {
             .cloned()
             .unwrap_or_else(|| "default".to_owned());
         let tokens = string_array(ct, "tokenizer.ggml.tokens")?;
-        let merges_raw = string_array(ct, "tokenizer.ggml.merges")?;
+        let merges = string_array(ct, "tokenizer.ggml.merges")?
+            .iter()
+            .enumerate()
+            .map(|(rank, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| {
+                        bad(
+                            "tokenizer.ggml.merges",
+                            format!("entry {rank} has no space"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let types: Vec<i32> = match md(ct, "tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()
@@ -133,26 +174,73 @@ impl Tokenizer {
                 "length differs from tokens",
             ));
         }
-        let mut vocab = HashMap::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            let id = u32::try_from(i).map_err(|_| bad("tokenizer.ggml.tokens", "too many"))?;
-            vocab.entry(t.clone()).or_insert(id);
-        }
-        let mut merges = HashMap::with_capacity(merges_raw.len());
-        for (rank, m) in merges_raw.iter().enumerate() {
-            let (a, b) = m.split_once(' ').ok_or_else(|| {
-                bad(
-                    "tokenizer.ggml.merges",
-                    format!("entry {rank} has no space"),
-                )
-            })?;
-            let rank = u32::try_from(rank).map_err(|_| bad("tokenizer.ggml.merges", "too many"))?;
-            merges.entry((a.to_owned(), b.to_owned())).or_insert(rank);
-        }
-        let special: Vec<bool> = types
+        let special = types
             .iter()
             .map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
             .collect();
+        let n = tokens.len();
+        let eos = opt_u32(ct, "tokenizer.ggml.eos_token_id");
+        let eot = opt_u32(ct, "tokenizer.ggml.eot_token_id");
+        let eog: Vec<u32> = eos.into_iter().chain(eot).collect();
+        if eog.iter().any(|&id| id as usize >= n) {
+            return Err(bad("tokenizer.ggml.eos_token_id", "out of range"));
+        }
+        let splits = pre_tokenizer_patterns(&pre)?
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect();
+        Self::build(Parts {
+            tokens,
+            special,
+            merges,
+            splits,
+            nfc: false,
+            // As llama.cpp does for the Llama 3 pre-tokenizer (`ignore_merges` in its
+            // tokenizer.json).
+            ignore_merges: matches!(pre.as_str(), "llama3" | "llama-v3" | "llama-bpe"),
+            eog,
+            bos: opt_u32(ct, "tokenizer.ggml.bos_token_id").filter(|&id| (id as usize) < n),
+            add_bos: md(ct, "tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
+            pre,
+        })
+    }
+
+    /// Assemble a tokenizer from its parts.
+    pub(crate) fn build(p: Parts) -> Result<Self, InferenceError> {
+        let Parts {
+            tokens,
+            special,
+            merges: merge_list,
+            splits,
+            nfc,
+            ignore_merges,
+            mut eog,
+            bos,
+            add_bos,
+            pre,
+        } = p;
+        if tokens.is_empty() {
+            return Err(InferenceError::BadModel("empty vocabulary".into()));
+        }
+        if special.len() != tokens.len() {
+            return Err(InferenceError::Internal(
+                "special flags differ from tokens".into(),
+            ));
+        }
+        let mut vocab = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            let id = u32::try_from(i)
+                .map_err(|_| InferenceError::BadModel("too many tokens".into()))?;
+            vocab.entry(t.clone()).or_insert(id);
+        }
+        let mut merges = HashMap::with_capacity(merge_list.len());
+        for (rank, pair) in merge_list.into_iter().enumerate() {
+            let rank = u32::try_from(rank)
+                .map_err(|_| InferenceError::BadModel("too many merges".into()))?;
+            merges.entry(pair).or_insert(rank);
+        }
         let mut specials_by_len: Vec<(String, u32)> = tokens
             .iter()
             .zip(&special)
@@ -161,9 +249,13 @@ impl Tokenizer {
             .filter_map(|(i, (t, _))| Some((t.clone(), u32::try_from(i).ok()?)))
             .collect();
         specials_by_len.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let splits = pre_tokenizer_patterns(&pre)?
+        let splits = splits
             .iter()
-            .map(|p| Regex::new(p).map_err(|e| InferenceError::Internal(format!("regex: {e}"))))
+            .map(|p| {
+                Regex::new(p).map_err(|e| {
+                    InferenceError::UnsupportedModel(format!("pre-tokenizer pattern {p:?}: {e}"))
+                })
+            })
             .collect::<Result<_, _>>()?;
         let byte_enc = byte_to_unicode();
         let byte_dec = byte_enc
@@ -171,10 +263,6 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-
-        let eos = opt_u32(ct, "tokenizer.ggml.eos_token_id");
-        let eot = opt_u32(ct, "tokenizer.ggml.eot_token_id");
-        let mut eog: Vec<u32> = eos.into_iter().chain(eot).collect();
         // Like llama.cpp, control tokens that end a turn in known templates end generation.
         for name in [
             "<|im_end|>",
@@ -190,19 +278,16 @@ impl Tokenizer {
             }
         }
         if eog.is_empty() {
-            return Err(bad(
-                "tokenizer.ggml.eos_token_id",
-                "no end-of-generation token",
+            return Err(InferenceError::BadModel(
+                "the tokenizer names no end-of-generation token".into(),
             ));
         }
         let n = tokens.len();
-        if eog.iter().any(|&id| id as usize >= n) {
-            return Err(bad("tokenizer.ggml.eos_token_id", "out of range"));
+        if eog.iter().chain(&bos).any(|&id| id as usize >= n) {
+            return Err(InferenceError::BadModel(
+                "an end-of-generation or BOS token id is out of range".into(),
+            ));
         }
-        let bos = opt_u32(ct, "tokenizer.ggml.bos_token_id").filter(|&id| (id as usize) < n);
-        let add_bos = md(ct, "tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false);
         Ok(Self {
             vocab,
             tokens,
@@ -210,6 +295,8 @@ impl Tokenizer {
             specials_by_len,
             merges,
             splits,
+            nfc,
+            ignore_merges,
             byte_enc,
             byte_dec,
             eog,
@@ -304,7 +391,24 @@ impl Tokenizer {
     }
 
     fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
+        let normalized;
+        let text = if self.nfc {
+            normalized = text.nfc().collect::<String>();
+            normalized.as_str()
+        } else {
+            text
+        };
         for piece in self.pre_tokenize(text) {
+            if self.ignore_merges {
+                let whole: String = piece
+                    .bytes()
+                    .filter_map(|b| self.byte_enc.get(usize::from(b)))
+                    .collect();
+                if let Some(&id) = self.vocab.get(&whole) {
+                    out.push(id);
+                    continue;
+                }
+            }
             let mut symbols: Vec<String> = piece
                 .bytes()
                 .map(|b| {
@@ -364,6 +468,322 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> String {
         let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id)).collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// The GPT-2 split as the Hugging Face `ByteLevel` pre-tokenizer writes it (`use_regex`).
+const HF_BYTE_LEVEL_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// What the files beside a `tokenizer.json` say about it (`tokenizer_config.json`,
+/// `generation_config.json`, `config.json`).
+#[derive(Debug, Clone, Default)]
+pub struct HfTokenizerHints {
+    /// Text of the BOS token.
+    pub bos_token: Option<String>,
+    /// Text of the EOS token.
+    pub eos_token: Option<String>,
+    /// Whether BOS is prepended (`add_bos_token`); `None`: as the post-processor says.
+    pub add_bos_token: Option<bool>,
+    /// Token ids that end generation (`eos_token_id`, one or a list).
+    pub eos_ids: Vec<u32>,
+}
+
+fn hf_bad(what: impl std::fmt::Display) -> InferenceError {
+    InferenceError::BadModel(format!("tokenizer.json: {what}"))
+}
+
+fn hf_unsupported(what: impl std::fmt::Display) -> InferenceError {
+    InferenceError::UnsupportedModel(format!("tokenizer.json: {what}"))
+}
+
+fn json_type(v: &serde_json::Value) -> &str {
+    v.get("type").and_then(serde_json::Value::as_str).unwrap_or("")
+}
+
+/// Whether a normalizer asks for NFC (and nothing we do not implement).
+fn hf_normalizer(v: &serde_json::Value) -> Result<bool, InferenceError> {
+    match json_type(v) {
+        _ if v.is_null() => Ok(false),
+        "NFC" => Ok(true),
+        "Sequence" => {
+            let mut nfc = false;
+            for n in v
+                .get("normalizers")
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| hf_bad("normalizer Sequence without normalizers"))?
+            {
+                nfc |= hf_normalizer(n)?;
+            }
+            Ok(nfc)
+        }
+        other => Err(hf_unsupported(format!(
+            "normalizer {other:?} is not supported (known: NFC)"
+        ))),
+    }
+}
+
+/// The split patterns of a pre-tokenizer, in order; `byte_level` is set when a `ByteLevel`
+/// pre-tokenizer (the byte-to-character mapping our vocabulary lookup assumes) is present.
+fn hf_pre_tokenizer(
+    v: &serde_json::Value,
+    out: &mut Vec<String>,
+    names: &mut Vec<String>,
+    byte_level: &mut bool,
+) -> Result<(), InferenceError> {
+    let flag = |key: &str| v.get(key).and_then(serde_json::Value::as_bool);
+    let kind = json_type(v);
+    match kind {
+        "Sequence" => {
+            for p in v
+                .get("pretokenizers")
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| hf_bad("pre_tokenizer Sequence without pretokenizers"))?
+            {
+                hf_pre_tokenizer(p, out, names, byte_level)?;
+            }
+            return Ok(());
+        }
+        "ByteLevel" => {
+            if flag("add_prefix_space") == Some(true) {
+                return Err(hf_unsupported(
+                    "ByteLevel with add_prefix_space is not supported",
+                ));
+            }
+            if flag("use_regex") != Some(false) {
+                out.push(HF_BYTE_LEVEL_SPLIT.to_owned());
+            }
+            *byte_level = true;
+        }
+        "Digits" => out.push(
+            if flag("individual_digits") == Some(true) {
+                r"\p{N}"
+            } else {
+                r"\p{N}+"
+            }
+            .to_owned(),
+        ),
+        "Split" => {
+            let behavior = v
+                .get("behavior")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            if behavior != "Isolated" || flag("invert") == Some(true) {
+                return Err(hf_unsupported(format!(
+                    "Split with behavior {behavior:?}{} is not supported (known: Isolated)",
+                    if flag("invert") == Some(true) { ", inverted" } else { "" }
+                )));
+            }
+            let pattern = v.get("pattern").ok_or_else(|| hf_bad("Split without pattern"))?;
+            if let Some(re) = pattern.get("Regex").and_then(serde_json::Value::as_str) {
+                out.push(re.to_owned());
+            } else if let Some(s) = pattern.get("String").and_then(serde_json::Value::as_str) {
+                out.push(fancy_regex::escape(s).into_owned());
+            } else {
+                return Err(hf_bad("Split pattern is neither Regex nor String"));
+            }
+        }
+        _ if v.is_null() => {}
+        other => {
+            return Err(hf_unsupported(format!(
+                "pre-tokenizer {other:?} is not supported (known: ByteLevel, Split, Digits, Sequence)"
+            )))
+        }
+    }
+    if !v.is_null() {
+        names.push(kind.to_owned());
+    }
+    Ok(())
+}
+
+/// A token text from `tokenizer_config.json` style values: a string or `{"content": ...}`.
+pub(crate) fn token_content(v: &serde_json::Value) -> Option<String> {
+    v.as_str()
+        .or_else(|| v.get("content").and_then(serde_json::Value::as_str))
+        .map(str::to_owned)
+}
+
+impl Tokenizer {
+    /// Build the tokenizer a Hugging Face `tokenizer.json` describes: a byte-level BPE model, its
+    /// added tokens, and the normalizer and pre-tokenizer mapped onto the same splitting this
+    /// tokenizer does for GGUF files. What we do not implement is refused, never approximated.
+    pub fn from_hf(json: &[u8], hints: &HfTokenizerHints) -> Result<Self, InferenceError> {
+        let v: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| hf_bad(format!("not JSON: {e}")))?;
+        let null = serde_json::Value::Null;
+        let model = v.get("model").ok_or_else(|| hf_bad("no model"))?;
+        if json_type(model) != "BPE" {
+            return Err(hf_unsupported(format!(
+                "model type {:?}: only byte-level BPE is supported",
+                json_type(model)
+            )));
+        }
+        if model.get("byte_fallback").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Err(hf_unsupported(
+                "BPE with byte_fallback (SentencePiece style) is not supported",
+            ));
+        }
+        for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+            if model
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+            {
+                return Err(hf_unsupported(format!("BPE {key} is not supported")));
+            }
+        }
+        if model
+            .get("dropout")
+            .and_then(serde_json::Value::as_f64)
+            .is_some_and(|d| d > 0.0)
+        {
+            return Err(hf_unsupported("BPE dropout is not supported"));
+        }
+        let decoder = v.get("decoder").unwrap_or(&null);
+        let decoder_ok = match json_type(decoder) {
+            "ByteLevel" => true,
+            "Sequence" => decoder
+                .get("decoders")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|d| d.len() == 1 && d.iter().all(|x| json_type(x) == "ByteLevel")),
+            _ => false,
+        };
+        if !decoder_ok {
+            return Err(hf_unsupported(format!(
+                "decoder {:?}: only ByteLevel is supported",
+                json_type(decoder)
+            )));
+        }
+
+        // Vocabulary, then added tokens over it.
+        let vocab = model
+            .get("vocab")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| hf_bad("model.vocab is not an object"))?;
+        let mut by_id: Vec<Option<(String, bool)>> = Vec::new();
+        let mut place = |id: u64, text: String, special: bool| -> Result<(), InferenceError> {
+            let id = usize::try_from(id)
+                .ok()
+                .filter(|&i| i < (1 << 24))
+                .ok_or_else(|| hf_bad(format!("token id {id} out of range")))?;
+            if by_id.len() <= id {
+                by_id.resize(id + 1, None);
+            }
+            if let Some(slot) = by_id.get_mut(id) {
+                *slot = Some((text, special));
+            }
+            Ok(())
+        };
+        for (text, id) in vocab {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| hf_bad(format!("vocab entry {text:?} has no integer id")))?;
+            place(id, text.clone(), false)?;
+        }
+        for t in v
+            .get("added_tokens")
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let id = t
+                .get("id")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| hf_bad("added token without id"))?;
+            let content = t
+                .get("content")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| hf_bad(format!("added token {id} without content")))?;
+            // Added tokens, special or not, are matched whole in the input and decoded literally.
+            place(id, content.to_owned(), true)?;
+        }
+        let mut tokens = Vec::with_capacity(by_id.len());
+        let mut special = Vec::with_capacity(by_id.len());
+        for (id, slot) in by_id.into_iter().enumerate() {
+            let (t, s) = slot.ok_or_else(|| hf_bad(format!("token id {id} has no text")))?;
+            tokens.push(t);
+            special.push(s);
+        }
+
+        let merges = model
+            .get("merges")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| hf_bad("model.merges is not an array"))?
+            .iter()
+            .enumerate()
+            .map(|(rank, m)| {
+                let pair = match m {
+                    serde_json::Value::String(s) => s
+                        .split_once(' ')
+                        .map(|(a, b)| (a.to_owned(), b.to_owned())),
+                    serde_json::Value::Array(ab) => match ab.as_slice() {
+                        [serde_json::Value::String(a), serde_json::Value::String(b)] => {
+                            Some((a.clone(), b.clone()))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                pair.ok_or_else(|| hf_bad(format!("merge {rank} is not a pair")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let nfc = hf_normalizer(v.get("normalizer").unwrap_or(&null))?;
+        let (mut splits, mut names, mut byte_level) = (Vec::new(), Vec::new(), false);
+        hf_pre_tokenizer(
+            v.get("pre_tokenizer").unwrap_or(&null),
+            &mut splits,
+            &mut names,
+            &mut byte_level,
+        )?;
+        if !byte_level {
+            return Err(hf_unsupported(
+                "no ByteLevel pre-tokenizer: only byte-level BPE is supported",
+            ));
+        }
+
+        let id_of = |text: &str| -> Option<u32> {
+            tokens
+                .iter()
+                .position(|t| t == text)
+                .and_then(|i| u32::try_from(i).ok())
+        };
+        // A post-processor that puts a special token before every sequence adds BOS.
+        let post = v.get("post_processor").unwrap_or(&null);
+        let post_bos = (json_type(post) == "TemplateProcessing")
+            .then(|| {
+                post.get("single")?
+                    .as_array()?
+                    .first()?
+                    .get("SpecialToken")?
+                    .get("id")?
+                    .as_str()
+                    .and_then(id_of)
+            })
+            .flatten();
+        let bos = hints.bos_token.as_deref().and_then(id_of).or(post_bos);
+        let add_bos = hints.add_bos_token.unwrap_or(post_bos.is_some());
+        let mut eog = hints.eos_ids.clone();
+        if let Some(id) = hints.eos_token.as_deref().and_then(id_of) {
+            if !eog.contains(&id) {
+                eog.push(id);
+            }
+        }
+        Self::build(Parts {
+            tokens,
+            special,
+            merges,
+            splits,
+            nfc,
+            ignore_merges: model
+                .get("ignore_merges")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+            eog,
+            bos,
+            add_bos,
+            pre: format!("tokenizer.json: {}", names.join("+")),
+        })
     }
 }
 
