@@ -8,8 +8,9 @@ DEMO_PORT ?= 7443
 FUZZ_RUNS ?= 20000
 # Real evidence seeds every fuzz target (libFuzzer only reads these; it writes to fuzz/corpus).
 FUZZ_SEEDS := $(addprefix ../,$(wildcard $(TD)/*/))
+HF_MODEL := models/SmolLM2-135M-Instruct-hf
 
-.PHONY: all build demo demo-enclave test test-rust fuzz-smoke fixtures venv model llama-ref image bench lint fmt clean
+.PHONY: all build demo demo-enclave test test-rust fuzz-smoke fixtures venv model hf-model llama-ref image bench lint fmt clean
 
 all: build
 
@@ -57,7 +58,7 @@ demo-verify:
 	@python3 -c 'import json,sys; v=json.load(open("$(TD)/dstack/quote-report.json")); open("target/demo-eventlog.json","w").write(v["event_log"]); open("target/demo-quote.hex","w").write(v["quote"])'
 	$(CHRYSALIS) eventlog target/demo-eventlog.json --quote target/demo-quote.hex | tail -4
 
-test: fixtures venv model test-rust fuzz-smoke
+test: fixtures venv model hf-model test-rust fuzz-smoke
 
 # Tests that need the fetched firmware or the reference tool fail (not skip) under make test.
 # The VM test boots the debug enclave binary, which `cargo test` does not build for another
@@ -74,6 +75,13 @@ fixtures:
 model:
 	./scripts/fetch-model.sh
 
+# The default model as a Hugging Face directory (BF16 safetensors in two shards, tokenizer.json),
+# written from the GGUF by gguf-py and the tokenizers library, for the safetensors tests.
+hf-model: venv model
+	@$(MAKE) --no-print-directory $(HF_MODEL).reference.json
+$(HF_MODEL).reference.json: scripts/make-hf-model.py inference/testdata/llama-cpp-reference.json .venv/stamp
+	.venv/bin/python scripts/make-hf-model.py models/SmolLM2-135M-Instruct.Q4_1.gguf $(HF_MODEL) inference/testdata/llama-cpp-reference.json
+
 # The default image (images/default.toml) into images/out/: the enclave built reproducibly,
 # Debian's kernel, OVMF and libc pinned by SHA-256, the model on its own disk, the manifest with
 # the expected measurements; then verified from the files.
@@ -84,12 +92,12 @@ image: fixtures model
 llama-ref:
 	./scripts/build-llama-ref.sh
 
-# The independent SNP launch-digest implementation we compare with, and the official OpenAI
-# client the gateway test drives.
+# The independent SNP launch-digest implementation we compare with, the official OpenAI client
+# the gateway test drives, and llama.cpp's gguf-py with Hugging Face's tokenizers (hf-model).
 venv: .venv/stamp
 .venv/stamp: Makefile
 	python3 -m venv .venv
-	.venv/bin/pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13 lief==1.0.0 openai==3.51.0
+	.venv/bin/pip install --quiet --disable-pip-version-check sev-snp-measure==0.0.13 lief==1.0.0 openai==3.51.0 gguf==0.17.1 numpy==2.4.6 tokenizers==0.22.1
 	touch .venv/stamp
 
 # Fuzz targets: their code always runs on stable (attestation/tests/fuzz_smoke.rs, part of

@@ -456,8 +456,7 @@ pub fn parse_config(v: &Value) -> Result<HfConfig, InferenceError> {
     };
     config.validate()?;
     if let Some(s) = &rope_scaling {
-        if !(s.factor > 0.0 && s.high_freq_factor > s.low_freq_factor && s.low_freq_factor > 0.0)
-        {
+        if !(s.factor > 0.0 && s.high_freq_factor > s.low_freq_factor && s.low_freq_factor > 0.0) {
             return Err(bad(f, "rope_scaling factors out of range"));
         }
     }
@@ -541,6 +540,9 @@ fn ignorable(name: &str, c: &HfConfig) -> bool {
     name.ends_with(".rotary_emb.inv_freq") || (c.tied && name == "lm_head.weight")
 }
 
+/// A tensor's shape (outermost first) and its values.
+pub type ShapedValues = (Vec<usize>, Vec<f32>);
+
 /// The parsed weight files of a directory.
 pub struct Weights<'a> {
     shards: Vec<SafeTensors<'a>>,
@@ -615,7 +617,10 @@ impl<'a> Weights<'a> {
         Ok(())
     }
 
-    fn view(&self, name: &str) -> Result<Option<safetensors::tensor::TensorView<'a>>, InferenceError> {
+    fn view(
+        &self,
+        name: &str,
+    ) -> Result<Option<safetensors::tensor::TensorView<'a>>, InferenceError> {
         let Some(&i) = self.index.get(name) else {
             return Ok(None);
         };
@@ -629,7 +634,7 @@ impl<'a> Weights<'a> {
     }
 
     /// A tensor's values as f32.
-    pub fn f32(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, InferenceError> {
+    pub fn f32(&self, name: &str) -> Result<Option<ShapedValues>, InferenceError> {
         let Some(t) = self.view(name)? else {
             return Ok(None);
         };
@@ -765,10 +770,7 @@ mod tests {
         let one_bf16 = half::bf16::from_f32(-2.0).to_le_bytes();
         assert_eq!(to_f32(Dtype::F16, &one_f16), Some(vec![1.5]));
         assert_eq!(to_f32(Dtype::BF16, &one_bf16), Some(vec![-2.0]));
-        assert_eq!(
-            to_f32(Dtype::F32, &0.25f32.to_le_bytes()),
-            Some(vec![0.25])
-        );
+        assert_eq!(to_f32(Dtype::F32, &0.25f32.to_le_bytes()), Some(vec![0.25]));
         assert_eq!(to_f32(Dtype::I8, &[1]), None);
     }
 
@@ -792,7 +794,10 @@ mod tests {
         assert!(c.tied && !c.attention_bias && c.rope_factors.is_none());
         let e = expected_tensors(&c);
         assert!(!e.contains_key("lm_head.weight"));
-        assert_eq!(e.get("model.layers.1.self_attn.k_proj.weight"), Some(&vec![32, 64]));
+        assert_eq!(
+            e.get("model.layers.1.self_attn.k_proj.weight"),
+            Some(&vec![32, 64])
+        );
         assert_eq!(e.len(), 2 + 2 * 9);
     }
 

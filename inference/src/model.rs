@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{llama, qwen2, quantized_llama, quantized_qwen2};
+use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2};
 use sha2::{Digest, Sha256};
 
 use crate::cpu::transformer::{BatchItem, KvCache, Transformer};
@@ -401,10 +401,8 @@ impl Model {
             .ok_or_else(|| InferenceError::Internal("config.json was not read".into()))?;
         let cfg = hf::parse_config(&config_json)?;
         let hints = files.tokenizer_hints()?;
-        let tokenizer = Tokenizer::from_hf(
-            files.bytes("tokenizer.json").unwrap_or_default(),
-            &hints,
-        )?;
+        let tokenizer =
+            Tokenizer::from_hf(files.bytes("tokenizer.json").unwrap_or_default(), &hints)?;
         if tokenizer.vocab_size() > cfg.config.vocab {
             return Err(InferenceError::BadModel(format!(
                 "the tokenizer has {} tokens but the model's vocabulary is {}",
@@ -421,10 +419,8 @@ impl Model {
         weights.check(&cfg)?;
         let native = opts.precision == Precision::Auto && device.is_cpu();
         let source = if native {
-            let model = Transformer::load(
-                cfg.config.clone(),
-                &mut hf::HfSource::new(&weights, &cfg),
-            )?;
+            let model =
+                Transformer::load(cfg.config.clone(), &mut hf::HfSource::new(&weights, &cfg))?;
             tracing::info!(target: "chrysalis::model", engine = "native", kernels = crate::cpu::quant::KERNELS, formats = ?model.formats(), weight_mib = model.weight_bytes() >> 20, "weights ready");
             WeightSource::Native(Arc::new(model))
         } else {

@@ -231,8 +231,8 @@ impl Tokenizer {
         }
         let mut vocab = HashMap::with_capacity(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
-            let id = u32::try_from(i)
-                .map_err(|_| InferenceError::BadModel("too many tokens".into()))?;
+            let id =
+                u32::try_from(i).map_err(|_| InferenceError::BadModel("too many tokens".into()))?;
             vocab.entry(t.clone()).or_insert(id);
         }
         let mut merges = HashMap::with_capacity(merge_list.len());
@@ -498,7 +498,9 @@ fn hf_unsupported(what: impl std::fmt::Display) -> InferenceError {
 }
 
 fn json_type(v: &serde_json::Value) -> &str {
-    v.get("type").and_then(serde_json::Value::as_str).unwrap_or("")
+    v.get("type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
 }
 
 /// Whether a normalizer asks for NFC (and nothing we do not implement).
@@ -571,10 +573,16 @@ fn hf_pre_tokenizer(
             if behavior != "Isolated" || flag("invert") == Some(true) {
                 return Err(hf_unsupported(format!(
                     "Split with behavior {behavior:?}{} is not supported (known: Isolated)",
-                    if flag("invert") == Some(true) { ", inverted" } else { "" }
+                    if flag("invert") == Some(true) {
+                        ", inverted"
+                    } else {
+                        ""
+                    }
                 )));
             }
-            let pattern = v.get("pattern").ok_or_else(|| hf_bad("Split without pattern"))?;
+            let pattern = v
+                .get("pattern")
+                .ok_or_else(|| hf_bad("Split without pattern"))?;
             if let Some(re) = pattern.get("Regex").and_then(serde_json::Value::as_str) {
                 out.push(re.to_owned());
             } else if let Some(s) = pattern.get("String").and_then(serde_json::Value::as_str) {
@@ -584,11 +592,9 @@ fn hf_pre_tokenizer(
             }
         }
         _ if v.is_null() => {}
-        other => {
-            return Err(hf_unsupported(format!(
-                "pre-tokenizer {other:?} is not supported (known: ByteLevel, Split, Digits, Sequence)"
-            )))
-        }
+        other => return Err(hf_unsupported(format!(
+            "pre-tokenizer {other:?} is not supported (known: ByteLevel, Split, Digits, Sequence)"
+        ))),
     }
     if !v.is_null() {
         names.push(kind.to_owned());
@@ -618,7 +624,11 @@ impl Tokenizer {
                 json_type(model)
             )));
         }
-        if model.get("byte_fallback").and_then(serde_json::Value::as_bool) == Some(true) {
+        if model
+            .get("byte_fallback")
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+        {
             return Err(hf_unsupported(
                 "BPE with byte_fallback (SentencePiece style) is not supported",
             ));
@@ -713,9 +723,9 @@ impl Tokenizer {
             .enumerate()
             .map(|(rank, m)| {
                 let pair = match m {
-                    serde_json::Value::String(s) => s
-                        .split_once(' ')
-                        .map(|(a, b)| (a.to_owned(), b.to_owned())),
+                    serde_json::Value::String(s) => {
+                        s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    }
                     serde_json::Value::Array(ab) => match ab.as_slice() {
                         [serde_json::Value::String(a), serde_json::Value::String(b)] => {
                             Some((a.clone(), b.clone()))

@@ -209,6 +209,7 @@ fn main() {
         size: 0,
         architecture: "none".into(),
         context_length: 4096,
+        files: Vec::new(),
     }];
     let enclave = chrysalis_tests::serve_simulated(Arc::new(FixedText), models, 64, 256);
     let upstream = enclave.url();
