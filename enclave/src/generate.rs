@@ -10,7 +10,8 @@ use chrysalis_inference::{
 /// Options of `generate`.
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// GGUF model file (default: the embedded SmolLM2-135M-Instruct).
+    /// Model: a GGUF file or a Hugging Face directory with safetensors weights (default: the
+    /// embedded SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The user message.

@@ -18,7 +18,8 @@ pub struct ServeArgs {
     /// Address to listen on (RA-TLS, gRPC).
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,
-    /// GGUF model file (repeatable; default: the embedded SmolLM2-135M-Instruct).
+    /// Model: a GGUF file or a Hugging Face directory with safetensors weights (repeatable;
+    /// default: the embedded SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Vec<PathBuf>,
     /// Compute threads (default: all cores).
