@@ -112,7 +112,7 @@ fuzz-smoke:
 		echo "fuzz-smoke: nightly or cargo-fuzz missing; the targets' code ran on stable in cargo test (fuzz_smoke)"; \
 	fi
 
-bench: fixtures venv model llama-ref
+bench: fixtures venv model hf-model llama-ref
 	$(CARGO) bench -p chrysalis-attestation --bench verify
 	$(CARGO) bench -p chrysalis-proto --bench seal
 	$(CARGO) bench -p chrysalis-host --bench relay

@@ -17,6 +17,17 @@ for precision in auto native; do
     echo "chrysalis precision=$precision run=$run: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("decode %.1f tok/s, ttft %.1f ms, prompt %d tok, generated %d, peak rss %.0f MiB" % (d["decode_tokens_per_s"], d["ttft_ms"], d["prompt_tokens"], d["completion_tokens"], d["peak_rss_mib"]))')"
   done
 done
+# The same model as a Hugging Face directory (BF16 safetensors, `make hf-model`): the native
+# engine quantizes it to Q8_0 at load, candle runs it in f32. Wall time includes loading.
+HF=models/SmolLM2-135M-Instruct-hf
+if [[ -d $HF ]]; then
+  for precision in auto native; do
+    start=$(date +%s.%N)
+    out=$($BIN generate --model $HF --prompt "$PROMPT" --max-tokens $TOKENS --threads $THREADS --precision $precision --json)
+    end=$(date +%s.%N)
+    echo "chrysalis safetensors precision=$precision: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("decode %.1f tok/s, ttft %.1f ms, generated %d, peak rss %.0f MiB" % (d["decode_tokens_per_s"], d["ttft_ms"], d["completion_tokens"], d["peak_rss_mib"]))'), whole command $(python3 -c "print(f'{$end - $start:.2f}')") s"
+  done
+fi
 target/llama-venv/bin/python - "$MODEL" "$PROMPT" "$TOKENS" "$THREADS" <<'PY'
 import sys, time
 import numpy as np
