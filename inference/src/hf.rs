@@ -665,28 +665,17 @@ fn dtype_size(d: Dtype) -> Option<usize> {
 
 /// Little-endian F32/F16/BF16 values as f32.
 fn to_f32(d: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+        bytes
+            .chunks_exact(N)
+            .filter_map(|c| c.try_into().ok())
+            .map(f)
+            .collect()
+    }
     match d {
-        Dtype::F32 => Some(
-            bytes
-                .chunks_exact(4)
-                .filter_map(|c| c.try_into().ok())
-                .map(f32::from_le_bytes)
-                .collect(),
-        ),
-        Dtype::F16 => Some(
-            bytes
-                .chunks_exact(2)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| half::f16::from_le_bytes(b).to_f32())
-                .collect(),
-        ),
-        Dtype::BF16 => Some(
-            bytes
-                .chunks_exact(2)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| half::bf16::from_le_bytes(b).to_f32())
-                .collect(),
-        ),
+        Dtype::F32 => Some(each(bytes, f32::from_le_bytes)),
+        Dtype::F16 => Some(each(bytes, |b| half::f16::from_le_bytes(b).to_f32())),
+        Dtype::BF16 => Some(each(bytes, |b| half::bf16::from_le_bytes(b).to_f32())),
         _ => None,
     }
 }

@@ -592,9 +592,11 @@ fn hf_pre_tokenizer(
             }
         }
         _ if v.is_null() => {}
-        other => return Err(hf_unsupported(format!(
+        other => {
+            return Err(hf_unsupported(format!(
             "pre-tokenizer {other:?} is not supported (known: ByteLevel, Split, Digits, Sequence)"
-        ))),
+        )))
+        }
     }
     if !v.is_null() {
         names.push(kind.to_owned());

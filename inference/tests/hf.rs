@@ -9,6 +9,9 @@
 //!   one the script computed, and the weights against candle's full-precision llama and against
 //!   the GGUF. Under `make test` (CHRYSALIS_REQUIRE_FIXTURES=1) a missing directory fails.
 
+mod common;
+use common::cosine;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,16 +20,6 @@ use chrysalis_inference::tokenizer::{HfTokenizerHints, Tokenizer};
 use chrysalis_inference::{
     load_default, InferenceError, LoadOptions, Message, Model, Precision, SamplingParams, Sequence,
 };
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        dot += f64::from(*x) * f64::from(*y);
-        na += f64::from(*x) * f64::from(*x);
-        nb += f64::from(*y) * f64::from(*y);
-    }
-    dot / (na.sqrt() * nb.sqrt())
-}
 
 fn argmax(v: &[f32]) -> usize {
     v.iter()

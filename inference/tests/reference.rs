@@ -6,6 +6,9 @@
 //! prefill logits. Needs the model (`make model`); under `make test`
 //! (CHRYSALIS_REQUIRE_FIXTURES=1) a missing model is a failure, not a skip.
 
+mod common;
+use common::cosine;
+
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -73,16 +76,6 @@ fn model(precision: Precision) -> Option<Arc<Model>> {
             None
         }
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        dot += f64::from(*x) * f64::from(*y);
-        na += f64::from(*x) * f64::from(*x);
-        nb += f64::from(*y) * f64::from(*y);
-    }
-    dot / (na.sqrt() * nb.sqrt())
 }
 
 fn chat(prompt: &str) -> Vec<Message> {
