@@ -1,4 +1,6 @@
-//! Byte-level BPE tokenizer built from GGUF metadata (`tokenizer.ggml.*`).
+//! Byte-level BPE tokenizer built from GGUF metadata (`tokenizer.ggml.*`) or from a Hugging Face
+//! `tokenizer.json` ([`Tokenizer::from_hf`]), both onto the same splitting and merging code, so a
+//! model gives the same tokens whichever form it comes in.
 //!
 //! GGUF files of the GPT-2 tokenizer family carry the vocabulary (as GPT-2 "byte-to-unicode"
 //! strings), the merge ranks, the token types and the name of the pre-tokenizer
@@ -311,7 +313,7 @@ impl Tokenizer {
         self.tokens.len()
     }
 
-    /// The pre-tokenizer in use (`tokenizer.ggml.pre`).
+    /// The pre-tokenizer in use (`tokenizer.ggml.pre`, or the `tokenizer.json` pre-tokenizers).
     pub fn pre_tokenizer(&self) -> &str {
         &self.pre
     }
@@ -872,5 +874,71 @@ mod tests {
             pre_tokenizer_patterns("smollm").map(|p| p.len()).ok(),
             Some(2)
         );
+    }
+
+    fn tiny_json(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut vocab: serde_json::Map<String, serde_json::Value> = byte_to_unicode()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i.into()))
+            .collect();
+        vocab.insert("ab".into(), 257.into());
+        let mut v = serde_json::json!({
+            "added_tokens": [{"id": 256, "content": "<|im_end|>", "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": vocab, "merges": [["a", "b"]]}
+        });
+        edit(&mut v);
+        v.to_string().into_bytes()
+    }
+
+    #[test]
+    fn tokenizer_json_features_we_do_not_implement_are_refused() {
+        let hints = HfTokenizerHints::default();
+        let ok = Tokenizer::from_hf(&tiny_json(|_| {}), &hints).expect("plain byte-level");
+        assert_eq!(ok.encode("ab<|im_end|>", true), vec![257, 256]);
+        assert!(ok.is_eog(256) && ok.bos_to_add().is_none());
+        let refused: [(&str, fn(&mut serde_json::Value)); 8] = [
+            ("byte_fallback", |v| {
+                v["model"]["byte_fallback"] = true.into()
+            }),
+            ("dropout", |v| v["model"]["dropout"] = 0.1.into()),
+            ("WordPiece", |v| v["model"]["type"] = "WordPiece".into()),
+            ("decoder", |v| {
+                v["decoder"] = serde_json::json!({"type": "Metaspace"})
+            }),
+            ("add_prefix_space", |v| {
+                v["pre_tokenizer"]["add_prefix_space"] = true.into()
+            }),
+            ("Removed", |v| {
+                v["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": "x"}, "behavior": "Removed",
+                     "invert": false},
+                    {"type": "ByteLevel", "use_regex": false}]})
+            }),
+            ("NFKC", |v| {
+                v["normalizer"] = serde_json::json!({"type": "NFKC"})
+            }),
+            ("ByteLevel", |v| {
+                v["pre_tokenizer"] = serde_json::json!({"type": "Digits",
+                                                         "individual_digits": true})
+            }),
+        ];
+        for (want, edit) in refused {
+            let e = Tokenizer::from_hf(&tiny_json(edit), &hints)
+                .expect_err(want)
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // A hole in the ids is a malformed file.
+        let e = Tokenizer::from_hf(
+            &tiny_json(|v| v["added_tokens"][0]["id"] = 300.into()),
+            &hints,
+        )
+        .expect_err("hole")
+        .to_string();
+        assert!(e.contains("has no text"), "{e}");
     }
 }
