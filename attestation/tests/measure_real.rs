@@ -7,7 +7,9 @@ mod common;
 
 use chrysalis_attestation::evidence::decode_binary_or_hex;
 use chrysalis_attestation::measure::eventlog::{replay_ccel, replay_json, Rtmrs};
-use chrysalis_attestation::measure::{rtmr1_events, tdvf, PageAddOrder};
+use chrysalis_attestation::measure::{
+    rtmr0, rtmr1_events, tdvf, AcpiDigests, InitrdToken, PageAddOrder, PlatformSpec, VmSpec,
+};
 use common::fixture;
 
 /// RTMR0..3 of a v4 quote (TD 1.0 body at offset 48; RTMRs at body offset 328).
@@ -279,4 +281,113 @@ fn snp_id_block_matches_sev_snp_measure() {
     let mut other = tool_block.clone();
     other[47] ^= 0x80;
     assert!(verify_id_block(&other, &tool_auth, true).is_err());
+}
+
+/// The three ACPI digests of a replayed log's RTMR0 (QEMU's tables, not the image's).
+fn acpi_digests_of(replay: &chrysalis_attestation::measure::eventlog::Replay) -> AcpiDigests {
+    let d: Vec<[u8; 48]> = replay
+        .events
+        .iter()
+        .filter(|e| e.rtmr == 0 && e.event_type == 0xA)
+        .map(|e| hex::decode(&e.digest).unwrap().try_into().unwrap())
+        .collect();
+    assert_eq!(d.len(), 3);
+    AcpiDigests {
+        table_loader: d[0],
+        rsdp: d[1],
+        tables: d[2],
+    }
+}
+
+/// RTMR0 predicted from the firmware file against a real boot: the dstack TD whose CCEL log is
+/// `dstack/ccel.bin` ran Debian trixie's OVMF layout (same CFV, same TD HOB and temporary-memory
+/// sections) with 1 GiB. Only the three ACPI digests are taken from its log; every other event
+/// is computed, and the result is the RTMR0 its quote reports.
+#[test]
+fn rtmr0_from_the_firmware_reproduces_a_real_boot() {
+    let Some(fw) = firmware("debian-trixie-OVMF.fd") else {
+        return;
+    };
+    let log = replay_ccel(&fixture("dstack/ccel.bin"))
+        .unwrap()
+        .into_replay();
+    let acpi = acpi_digests_of(&log);
+    let sections = tdvf::tdvf_sections(&fw).unwrap();
+    let mut rtmrs = Rtmrs::default();
+    rtmr0::rtmr0_events(&fw, &sections, 1 << 30, &acpi, &mut rtmrs).unwrap();
+    let ours = rtmrs.into_replay();
+    let theirs: Vec<_> = log.events.iter().filter(|e| e.rtmr == 0).collect();
+    assert_eq!(ours.events.len(), theirs.len());
+    for (a, b) in ours.events.iter().zip(&theirs) {
+        assert_eq!(
+            (a.event_type, &a.digest),
+            (b.event_type, &b.digest),
+            "{} vs {}",
+            a.description,
+            b.description
+        );
+    }
+    let quote = decode_binary_or_hex(&fixture("dcap-qvl/quote-from-tappd.hex")).unwrap();
+    assert_eq!(ours.rtmr[0], quote_rtmrs(&quote)[0]);
+
+    // The same through the VM description the CLI and the host agent use.
+    let dir = std::env::var("CHRYSALIS_FIXTURES")
+        .unwrap_or_else(|_| format!("{}/../target/fixtures", env!("CARGO_MANIFEST_DIR")));
+    let spec = VmSpec {
+        platform: PlatformSpec::Tdx {
+            page_add_order: PageAddOrder::SinglePass,
+            qemu_patches_kernel_header: true,
+            initrd_token: InitrdToken::Append,
+        },
+        firmware: format!("{dir}/debian-trixie-OVMF.fd").into(),
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        memory: 1 << 30,
+        vcpus: 1,
+    };
+    let m = spec.measure_tdx_with(Some(&acpi)).unwrap();
+    assert_eq!(m.rtmr[0].as_deref(), Some(quote_rtmrs(&quote)[0].as_str()));
+    assert_eq!(spec.measure_tdx().unwrap().rtmr[0], None);
+    // Another memory size is another TD HOB, so another RTMR0.
+    let other = VmSpec {
+        memory: 2 << 30,
+        ..spec
+    };
+    assert_ne!(
+        other.measure_tdx_with(Some(&acpi)).unwrap().rtmr[0],
+        m.rtmr[0]
+    );
+}
+
+/// A second real boot: the TD of `dstack/tdx-lite-getquote.json` (its `vm_config`: 2 GiB) ran a
+/// firmware whose TD HOB and temporary-memory sections are laid out as in Debian bookworm's
+/// OVMF; its logged TD HOB digest is the one computed here. (Its CFV is trixie's: the log's
+/// second event equals trixie's CFV digest.)
+#[test]
+fn td_hob_of_a_second_real_boot() {
+    let (Some(bookworm), Some(trixie)) = (
+        firmware("debian-bookworm-OVMF.fd"),
+        firmware("debian-trixie-OVMF.fd"),
+    ) else {
+        return;
+    };
+    let (_, log) = json_fixture("dstack/tdx-lite-getquote.json");
+    let events: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&fixture("dstack/tdx-lite-getquote.json"))
+        .map(|v: serde_json::Value| serde_json::from_str(v["vm_config"].as_str().unwrap()).unwrap())
+        .unwrap();
+    let memory = cfg["memory_size"].as_u64().unwrap();
+    assert_eq!(memory, 2 << 30);
+    let sections = tdvf::tdvf_sections(&bookworm).unwrap();
+    let hob = rtmr0::td_hob(&sections, memory).unwrap();
+    assert_eq!(
+        hex::encode(chrysalis_attestation::measure::sha384(&hob)),
+        events[0]["digest"].as_str().unwrap()
+    );
+    let trixie_sections = tdvf::tdvf_sections(&trixie).unwrap();
+    assert_eq!(
+        hex::encode(rtmr0::cfv_digest(&trixie, &trixie_sections).unwrap()),
+        events[1]["digest"].as_str().unwrap()
+    );
 }

@@ -239,9 +239,27 @@ struct MeasureTdxArgs {
     /// Newer edk2 puts the initrd token before the command line ("initrd=initrd CMDLINE").
     #[arg(long)]
     initrd_token_first: bool,
+    #[command(flatten)]
+    acpi: AcpiFiles,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// QEMU's ACPI fw_cfg files for this machine shape (QEMU version, vCPUs, memory, devices), as a
+/// guest of the same shape reads them from `/sys/firmware/qemu_fw_cfg/by_name/etc/.../raw`.
+/// With all three, RTMR0 is computed.
+#[derive(Debug, clap::Args)]
+struct AcpiFiles {
+    /// `etc/table-loader`.
+    #[arg(long, value_name = "FILE", requires_all = ["acpi_rsdp", "acpi_tables"])]
+    acpi_loader: Option<PathBuf>,
+    /// `etc/acpi/rsdp`.
+    #[arg(long, value_name = "FILE", requires_all = ["acpi_loader", "acpi_tables"])]
+    acpi_rsdp: Option<PathBuf>,
+    /// `etc/acpi/tables`.
+    #[arg(long, value_name = "FILE", requires_all = ["acpi_loader", "acpi_rsdp"])]
+    acpi_tables: Option<PathBuf>,
 }
 
 /// Direct kernel boot inputs (TDX: measured by OVMF into RTMR1/RTMR2; SNP: through the SEV
@@ -545,7 +563,25 @@ fn measure_tdx(args: MeasureTdxArgs) -> Result<ExitCode, UsageError> {
         memory: parse_size(&args.memory)?,
         vcpus: args.vcpus,
     };
-    let m = spec.measure_tdx().map_err(measure_failed)?;
+    let acpi = match (
+        args.acpi.acpi_loader,
+        args.acpi.acpi_rsdp,
+        args.acpi.acpi_tables,
+    ) {
+        (Some(l), Some(r), Some(t)) => {
+            let read =
+                |p: &PathBuf| std::fs::read(p).map_err(|e| usage(&p.display().to_string(), e));
+            Some(chrysalis_attestation::measure::AcpiDigests::of_blobs(
+                &read(&l)?,
+                &read(&r)?,
+                &read(&t)?,
+            ))
+        }
+        _ => None,
+    };
+    let m = spec
+        .measure_tdx_with(acpi.as_ref())
+        .map_err(measure_failed)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
     } else {

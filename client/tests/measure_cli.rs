@@ -282,6 +282,62 @@ fn tdx_mrtd_json_contract() {
 }
 
 #[test]
+fn tdx_rtmr0_with_acpi_tables() {
+    let Some(fw) = fixture("debian-trixie-OVMF.fd") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("chrysalis-acpi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (loader, rsdp, tables) = (
+        file("table-loader", &[1; 4096]),
+        file("rsdp", b"RSD PTR \0\0"),
+        file("tables", &[2; 8192]),
+    );
+    let args = |memory: &str| {
+        vec![
+            "measure".to_string(),
+            "tdx".into(),
+            "--firmware".into(),
+            fw.clone(),
+            "--memory".into(),
+            memory.into(),
+            "--acpi-loader".into(),
+            loader.clone(),
+            "--acpi-rsdp".into(),
+            rsdp.clone(),
+            "--acpi-tables".into(),
+            tables.clone(),
+            "--json".into(),
+        ]
+    };
+    let json = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run(&refs);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let one = json(args("1G"));
+    let rtmr0 = one["rtmr"][0].as_str().expect("rtmr0 computed");
+    assert_eq!(rtmr0.len(), 96);
+    // 13 firmware events, the last two OVMF's boot variables.
+    let events = one["events"].as_array().unwrap();
+    assert_eq!(events.iter().filter(|e| e["rtmr"] == 0).count(), 13);
+    assert_ne!(json(args("2G"))["rtmr"][0], one["rtmr"][0]);
+    // Other ACPI tables, another RTMR0.
+    std::fs::write(dir.join("tables"), [3; 8192]).unwrap();
+    assert_ne!(json(args("1G"))["rtmr"][0], one["rtmr"][0]);
+    // Only some of the three files: a usage error, exit 2.
+    let (code, _, stderr) = run(&["measure", "tdx", "--firmware", &fw, "--acpi-rsdp", &rsdp]);
+    assert_eq!(code, 2, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn eventlog_matches_and_mismatches() {
     let td = root().join("attestation/testdata");
     let ccel = td.join("dstack/ccel.bin");

@@ -10,6 +10,7 @@
 
 pub mod eventlog;
 pub mod kernel;
+pub mod rtmr0;
 pub mod snp_id;
 pub mod tdvf;
 
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha384};
 use thiserror::Error;
 
 pub use kernel::KernelLoad;
+pub use rtmr0::AcpiDigests;
 pub use tdvf::PageAddOrder;
 
 /// Why a measurement could not be computed.
@@ -149,8 +151,9 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, MeasureError> {
     })
 }
 
-/// The expected registers of a TD. `None` where an input for that register was not given or it
-/// cannot be computed offline (RTMR0 needs QEMU's ACPI tables; RTMR3 is the runtime's).
+/// The expected registers of a TD. `None` where an input for that register was not given (RTMR0
+/// needs the digests of QEMU's ACPI tables for the machine shape) or it is not known offline
+/// (RTMR3 is extended by the enclave at run time).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TdxMeasurement {
     /// MRTD, hex.
@@ -159,7 +162,7 @@ pub struct TdxMeasurement {
     pub rtmr: [Option<String>; 4],
     /// Page-add order used.
     pub page_add_order: PageAddOrder,
-    /// The events predicted for RTMR1 and RTMR2.
+    /// The events predicted for RTMR0 (when computed), RTMR1 and RTMR2.
     pub events: Vec<eventlog::Event>,
     /// What was not computed, and why.
     pub notes: Vec<String>,
@@ -291,8 +294,17 @@ pub fn rtmr1_events(
 }
 
 impl VmSpec {
-    /// Compute the TDX registers this VM will report.
+    /// Compute the TDX registers this VM will report, without RTMR0.
     pub fn measure_tdx(&self) -> Result<TdxMeasurement, MeasureError> {
+        self.measure_tdx_with(None)
+    }
+
+    /// Compute the TDX registers this VM will report; RTMR0 too when the digests of QEMU's ACPI
+    /// tables for this machine shape are given ([`rtmr0`]).
+    pub fn measure_tdx_with(
+        &self,
+        acpi: Option<&AcpiDigests>,
+    ) -> Result<TdxMeasurement, MeasureError> {
         let PlatformSpec::Tdx {
             page_add_order,
             qemu_patches_kernel_header,
@@ -303,12 +315,28 @@ impl VmSpec {
         };
         let fw = read(&self.firmware)?;
         let mr_td = tdvf::mrtd(&fw, *page_add_order)?;
-        let mut notes = vec![
-            "rtmr0 needs QEMU's ACPI tables (etc/acpi/tables, rsdp, table-loader) for this machine shape; not computed".to_string(),
-            "rtmr3 is extended at run time by the enclave; see its event log".to_string(),
-        ];
+        let mut notes =
+            vec!["rtmr3 is extended at run time by the enclave; see its event log".to_string()];
         let mut rtmrs = eventlog::Rtmrs::default();
         let mut rtmr = [None, None, None, None];
+        match acpi {
+            Some(acpi) => {
+                let sections = tdvf::tdvf_sections(&fw)?;
+                rtmr0::rtmr0_events(&fw, &sections, self.memory, acpi, &mut rtmrs)?;
+                rtmr[0] = Some(hex::encode(rtmrs.values()[0]));
+                notes.push(
+                    "rtmr0 assumes QEMU's q35 machine with a direct kernel boot (OVMF's only boot \
+                     option is its UiApp) and Secure Boot off"
+                        .into(),
+                );
+            }
+            None => notes.push(
+                "rtmr0 needs QEMU's ACPI tables for this machine shape (etc/table-loader, \
+                 etc/acpi/rsdp, etc/acpi/tables: --acpi-loader, --acpi-rsdp, --acpi-tables); \
+                 not computed"
+                    .into(),
+            ),
+        }
         match &self.kernel {
             Some(kernel_path) => {
                 let kernel = read(kernel_path)?;
