@@ -138,6 +138,12 @@ fn parallel_snp_page_digest_equals_sevs_sequential_one() {
             sev::measurement::snp::calc_snp_ovmf_hash(format!("{dir}/{name}").into()).expect("sev");
         let ours = chrysalis_attestation::measure::snp_firmware_pages_digest(&fw).expect("ours");
         assert_eq!(hex::encode(ours), theirs.get_hex_ld(), "{name}");
+        // Streamed from the file in blocks: the same digest.
+        let streamed = chrysalis_attestation::measure::snp_firmware_file_pages_digest(
+            &format!("{dir}/{name}").into(),
+        )
+        .expect("streamed");
+        assert_eq!(streamed, ours, "{name}");
     }
 }
 

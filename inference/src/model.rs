@@ -438,7 +438,11 @@ impl Model {
             size: files.total_size(),
             architecture: cfg.architecture.clone(),
             context_length: cfg.config.context_length,
-            files: files.files.clone(),
+            files: {
+                let mut f = files.files.clone();
+                f.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+                f
+            },
         };
         tracing::info!(target: "chrysalis::model", model = %identity.name, manifest_sha256 = %hex::encode(identity.sha256), files = identity.files.len(), size = identity.size, precision = ?opts.precision, device = ?device, "model loaded");
         Ok(Self {

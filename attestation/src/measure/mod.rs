@@ -144,6 +144,21 @@ pub fn parse_size(text: &str) -> Option<u64> {
         .filter(|n| *n > 0)
 }
 
+/// The last `n` bytes of a file (all of it when it is shorter).
+fn read_tail(path: &PathBuf, n: u64) -> Result<Vec<u8>, MeasureError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| MeasureError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(n))).map_err(io)?;
+    let mut tail = Vec::with_capacity(usize::try_from(n.min(len)).unwrap_or(0));
+    f.read_to_end(&mut tail).map_err(io)?;
+    Ok(tail)
+}
+
 fn read(path: &PathBuf) -> Result<Vec<u8>, MeasureError> {
     std::fs::read(path).map_err(|source| MeasureError::Io {
         path: path.clone(),
@@ -174,31 +189,125 @@ pub struct TdxMeasurement {
 /// Equal to `sev::measurement::snp::calc_snp_ovmf_hash` (tested on real firmware in
 /// `tests/measure_real.rs`).
 pub fn snp_firmware_pages_digest(firmware: &[u8]) -> Result<[u8; 48], MeasureError> {
-    const PAGE: usize = 4096;
     let len = u64::try_from(firmware.len()).unwrap_or(u64::MAX);
-    if firmware.is_empty() || firmware.len() % PAGE != 0 || len > 1 << 32 {
-        return Err(MeasureError::Firmware(format!(
-            "firmware size {} is not a whole number of 4 KiB pages below 4 GiB",
-            firmware.len()
-        )));
+    pages_digest(len, &|offset, buf| {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = firmware
+            .get(start..start.saturating_add(buf.len()))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    })
+    .map_err(|e| match e {
+        PagesError::Measure(m) => m,
+        PagesError::Io(io) => MeasureError::Firmware(io.to_string()),
+    })
+}
+
+/// [`snp_firmware_pages_digest`] of a file, read in blocks into small reused buffers (no copy
+/// of the whole image in memory).
+#[cfg(unix)]
+pub fn snp_firmware_file_pages_digest(path: &PathBuf) -> Result<[u8; 48], MeasureError> {
+    use std::os::unix::fs::FileExt;
+    let io = |source| MeasureError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    pages_digest(len, &|offset, buf| file.read_exact_at(buf, offset)).map_err(|e| match e {
+        PagesError::Measure(m) => m,
+        PagesError::Io(source) => io(source),
+    })
+}
+
+enum PagesError {
+    Measure(MeasureError),
+    Io(std::io::Error),
+}
+
+/// Pages per block a worker reads and hashes at a time (64 KiB).
+const PAGES_PER_BLOCK: u64 = 16;
+
+/// The page-digest chain over `len` bytes that `read(offset, buf)` provides.
+fn pages_digest(
+    len: u64,
+    read: &(dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync),
+) -> Result<[u8; 48], PagesError> {
+    const PAGE: u64 = 4096;
+    if len == 0 || len % PAGE != 0 || len > 1 << 32 {
+        return Err(PagesError::Measure(MeasureError::Firmware(format!(
+            "firmware size {len} is not a whole number of 4 KiB pages below 4 GiB"
+        ))));
     }
     let gpa0 = (1u64 << 32) - len;
+    let pages = len / PAGE;
+    let blocks = pages.div_ceil(PAGES_PER_BLOCK);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let pages: Vec<&[u8]> = firmware.chunks_exact(PAGE).collect();
-    let per_thread = pages.len().div_ceil(threads);
-    let mut digests: Vec<[u8; 48]> = vec![[0; 48]; pages.len()];
-    std::thread::scope(|scope| {
-        for (out, input) in digests.chunks_mut(per_thread).zip(pages.chunks(per_thread)) {
-            scope.spawn(move || {
-                for (d, page) in out.iter_mut().zip(input) {
-                    *d = sha384(page);
-                }
-            });
-        }
+    // Blocks are dealt round-robin, so runs of similar pages (a blank variable store) do not all
+    // land on one thread. A page that is one byte repeated (erased flash: 0xff) is common in
+    // firmware images; its digest is computed once per byte value and reused.
+    let per_thread: Vec<std::io::Result<Vec<[u8; 48]>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                scope.spawn(move || -> std::io::Result<Vec<[u8; 48]>> {
+                    let mut uniform: [Option<[u8; 48]>; 256] = [None; 256];
+                    let mut buf = vec![0u8; (PAGE * PAGES_PER_BLOCK) as usize];
+                    let mut out = Vec::new();
+                    for block in (t..blocks).step_by(threads) {
+                        let first_page = block * PAGES_PER_BLOCK;
+                        let n = (pages - first_page).min(PAGES_PER_BLOCK);
+                        let bytes = buf
+                            .get_mut(..(n * PAGE) as usize)
+                            .ok_or_else(|| std::io::Error::other("block buffer"))?;
+                        read(first_page * PAGE, bytes)?;
+                        for page in bytes.chunks_exact(PAGE as usize) {
+                            let first = page.first().copied().unwrap_or(0);
+                            out.push(if page.iter().all(|&b| b == first) {
+                                match uniform.get_mut(usize::from(first)) {
+                                    Some(slot) => *slot.get_or_insert_with(|| sha384(page)),
+                                    None => sha384(page),
+                                }
+                            } else {
+                                sha384(page)
+                            });
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("page digest worker panicked")))
+            })
+            .collect()
     });
+    let per_thread: Vec<Vec<[u8; 48]>> = per_thread
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(PagesError::Io)?;
+    // Back into page order: block b went to thread b % threads, as its (b / threads)-th block.
+    let per_block = PAGES_PER_BLOCK as usize;
+    let digests: Vec<[u8; 48]> = (0..pages as usize)
+        .filter_map(|i| {
+            let (block, within) = (i / per_block, i % per_block);
+            per_thread
+                .get(block % threads)?
+                .get((block / threads) * per_block + within)
+                .copied()
+        })
+        .collect();
+    if digests.len() as u64 != pages {
+        return Err(PagesError::Measure(MeasureError::Firmware(
+            "page digest workers returned too few pages".into(),
+        )));
+    }
     let mut ld = [0u8; 48];
     let mut gpa = gpa0;
     for contents in &digests {
@@ -213,22 +322,11 @@ pub fn snp_firmware_pages_digest(firmware: &[u8]) -> Result<[u8; 48], MeasureErr
         head.copy_from_slice(&[0x70, 0x00, 0x01, 0, 0, 0, 0, 0]);
         gpa_bytes.copy_from_slice(&gpa.to_le_bytes());
         ld = sha384(&info);
-        gpa += PAGE as u64;
+        gpa += PAGE;
     }
     Ok(ld)
 }
 
-#[cfg(test)]
-mod snp_pages_tests {
-    use super::*;
-
-    #[test]
-    fn firmware_must_be_whole_pages() {
-        assert!(snp_firmware_pages_digest(&[0u8; 4095]).is_err());
-        assert!(snp_firmware_pages_digest(&[]).is_err());
-        assert!(snp_firmware_pages_digest(&[0u8; 8192]).is_ok());
-    }
-}
 
 /// SHA-384 of bytes.
 pub fn sha384(data: &[u8]) -> [u8; 48] {
@@ -412,10 +510,10 @@ impl VmSpec {
                 "unknown vCPU type {vcpu_type:?} (e.g. EPYC-Milan, EPYC-Genoa, EPYC-Turin)"
             ))
         })?;
-        // The firmware is read here (its page digests, its kernel-hashes section); the kernel
-        // and initrd are checked first so a missing file is a clear I/O error naming it: `sev`
-        // reads them itself (it takes paths).
-        let fw = read(&self.firmware)?;
+        // The firmware's pages are hashed here, streamed from the file; its footer (the
+        // kernel-hashes section) is read from its tail. The kernel and initrd are checked first so
+        // a missing file is a clear I/O error naming it: `sev` reads them itself (it takes paths).
+        let pages_digest = snp_firmware_file_pages_digest(&self.firmware)?;
         for p in [self.kernel.as_ref(), self.initrd.as_ref()]
             .into_iter()
             .flatten()
@@ -426,6 +524,7 @@ impl VmSpec {
             })?;
         }
         if self.kernel.is_some() {
+            let fw = read_tail(&self.firmware, 64 << 10)?;
             let sev_hash_table = tdvf::guid(
                 0x7255_371f,
                 0x3a3b,
@@ -450,7 +549,7 @@ impl VmSpec {
             initrd_file: self.initrd.clone(),
             append: self.cmdline.as_deref(),
             // The firmware pages are the bulk of the work; `sev` takes their digest precomputed.
-            ovmf_hash_str: Some(&hex::encode(snp_firmware_pages_digest(&fw)?)),
+            ovmf_hash_str: Some(&hex::encode(pages_digest)),
             vmm_type: Some(vmm),
         };
         let digest = snp_calc_launch_digest(args).map_err(|e| MeasureError::Snp(e.to_string()))?;
@@ -458,5 +557,17 @@ impl VmSpec {
             hex::decode(digest.get_hex_ld()).map_err(|e| MeasureError::Snp(e.to_string()))?;
         <[u8; 48]>::try_from(bytes.as_slice())
             .map_err(|_| MeasureError::Snp("launch digest is not 48 bytes".into()))
+    }
+}
+
+#[cfg(test)]
+mod snp_pages_tests {
+    use super::*;
+
+    #[test]
+    fn firmware_must_be_whole_pages() {
+        assert!(snp_firmware_pages_digest(&[0u8; 4095]).is_err());
+        assert!(snp_firmware_pages_digest(&[]).is_err());
+        assert!(snp_firmware_pages_digest(&[0u8; 8192]).is_ok());
     }
 }
