@@ -708,6 +708,14 @@ impl Tokenizer {
                 .get("content")
                 .and_then(serde_json::Value::as_str)
                 .ok_or_else(|| hf_bad(format!("added token {id} without content")))?;
+            // Matching that strips neighbouring spaces or needs word boundaries is not implemented.
+            for flag in ["lstrip", "rstrip", "single_word"] {
+                if t.get(flag).and_then(serde_json::Value::as_bool) == Some(true) {
+                    return Err(hf_unsupported(format!(
+                        "added token {content:?} with {flag} is not supported"
+                    )));
+                }
+            }
             // Added tokens, special or not, are matched whole in the input and decoded literally.
             place(id, content.to_owned(), true)?;
         }
@@ -900,7 +908,8 @@ mod tests {
         let ok = Tokenizer::from_hf(&tiny_json(|_| {}), &hints).expect("plain byte-level");
         assert_eq!(ok.encode("ab<|im_end|>", true), vec![257, 256]);
         assert!(ok.is_eog(256) && ok.bos_to_add().is_none());
-        let refused: [(&str, fn(&mut serde_json::Value)); 8] = [
+        let refused: [(&str, fn(&mut serde_json::Value)); 9] = [
+            ("lstrip", |v| v["added_tokens"][0]["lstrip"] = true.into()),
             ("byte_fallback", |v| {
                 v["model"]["byte_fallback"] = true.into()
             }),
