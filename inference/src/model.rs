@@ -124,8 +124,10 @@ pub struct ModelIdentity {
 }
 
 /// Weights as loaded. Llama weights clone cheaply (tensors are shared) with an empty KV cache;
-/// candle's qwen2 model is not `Clone`, so each qwen2 session is built from the GGUF bytes kept in
-/// memory (never re-read from disk: the bytes are the ones that were hashed).
+/// candle's quantized qwen2 model is not `Clone` and keeps its KV cache inside, so qwen2 sessions
+/// take an instance from a pool and give it back (cache cleared) when they end. Only when the
+/// pool is empty (more sessions at once than ever before) is one more built, from the GGUF bytes
+/// kept in memory (never re-read from disk: the bytes are the ones that were hashed).
 enum Weights {
     Llama(Box<quantized_llama::ModelWeights>),
     Qwen2(Box<quantized_qwen2::ModelWeights>),
@@ -138,6 +140,8 @@ enum Weights {
         cache: Box<llama::Cache>,
     },
     HfQwen2(Box<qwen2::ModelForCausalLM>),
+    /// A session's weights after they went back to their pool (only while it is dropped).
+    Released,
 }
 
 impl std::fmt::Debug for Weights {
@@ -148,6 +152,7 @@ impl std::fmt::Debug for Weights {
             Self::Native { .. } => "Weights::Native",
             Self::HfLlama { .. } => "Weights::HfLlama",
             Self::HfQwen2(_) => "Weights::HfQwen2",
+            Self::Released => "Weights::Released",
         })
     }
 }
@@ -155,7 +160,10 @@ impl std::fmt::Debug for Weights {
 /// How sessions get their own copy of the weights.
 enum WeightSource {
     Llama(Box<quantized_llama::ModelWeights>),
-    Qwen2(Arc<Vec<u8>>),
+    Qwen2 {
+        bytes: Arc<Vec<u8>>,
+        pool: Qwen2Pool,
+    },
     Native(Arc<Transformer>),
     HfLlama {
         model: Box<llama::Llama>,
@@ -169,7 +177,7 @@ impl std::fmt::Debug for WeightSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Llama(_) => "WeightSource::Llama",
-            Self::Qwen2(_) => "WeightSource::Qwen2",
+            Self::Qwen2 { .. } => "WeightSource::Qwen2",
             Self::Native(_) => "WeightSource::Native",
             Self::HfLlama { .. } => "WeightSource::HfLlama",
             Self::HfQwen2(_) => "WeightSource::HfQwen2",
@@ -198,16 +206,35 @@ impl WeightSource {
                 m.clear_kv_cache();
                 Ok(Weights::HfQwen2(m))
             }
-            Self::Qwen2(bytes) => {
-                let mut r = Cursor::new(bytes.as_slice());
-                let ct = gguf_file::Content::read(&mut r)
-                    .map_err(|e| InferenceError::BadModel(format!("GGUF: {e}")))?;
-                Ok(Weights::Qwen2(Box::new(
-                    quantized_qwen2::ModelWeights::from_gguf(ct, &mut r, device)?,
-                )))
+            Self::Qwen2 { bytes, pool } => {
+                let idle = pool.lock().map_err(|_| poisoned())?.pop();
+                let model = match idle {
+                    Some(m) => m,
+                    None => Box::new(build_qwen2(bytes, device)?),
+                };
+                Ok(Weights::Qwen2(model))
             }
         }
     }
+}
+
+/// Idle candle qwen2 instances, KV caches cleared.
+type Qwen2Pool = Arc<std::sync::Mutex<Vec<Box<quantized_qwen2::ModelWeights>>>>;
+
+fn poisoned() -> InferenceError {
+    InferenceError::Internal("qwen2 pool lock poisoned".into())
+}
+
+fn build_qwen2(
+    bytes: &[u8],
+    device: &Device,
+) -> Result<quantized_qwen2::ModelWeights, InferenceError> {
+    let mut r = Cursor::new(bytes);
+    let ct = gguf_file::Content::read(&mut r)
+        .map_err(|e| InferenceError::BadModel(format!("GGUF: {e}")))?;
+    Ok(quantized_qwen2::ModelWeights::from_gguf(
+        ct, &mut r, device,
+    )?)
 }
 
 /// A loaded model: weights (shared), tokenizer, chat template, identity.
@@ -361,9 +388,16 @@ impl Model {
                 file_ctx.min(quantized_llama::MAX_SEQ_LEN),
             ),
             "qwen2" => {
-                // Build once now, so a bad file fails at load and not at the first request.
-                quantized_qwen2::ModelWeights::from_gguf(ct, &mut reader, &device)?;
-                (WeightSource::Qwen2(Arc::new(bytes.to_vec())), file_ctx)
+                // Built once now, so a bad file fails at load and not at the first request; that
+                // instance is the pool's first.
+                let first = quantized_qwen2::ModelWeights::from_gguf(ct, &mut reader, &device)?;
+                (
+                    WeightSource::Qwen2 {
+                        bytes: Arc::new(bytes.to_vec()),
+                        pool: Arc::new(std::sync::Mutex::new(vec![Box::new(first)])),
+                    },
+                    file_ctx,
+                )
             }
             other => {
                 return Err(InferenceError::UnsupportedModel(format!(
@@ -460,17 +494,55 @@ impl Model {
             weights: self.weights.instantiate(&self.device)?,
             pos: 0,
             device: self.device.clone(),
+            give_back: match &self.weights {
+                WeightSource::Qwen2 { pool, .. } => Some(Arc::clone(pool)),
+                _ => None,
+            },
         })
+    }
+
+    /// candle qwen2 instances idle in this model's pool (0 for other models).
+    pub fn idle_instances(&self) -> usize {
+        match &self.weights {
+            WeightSource::Qwen2 { pool, .. } => pool.lock().map_or(0, |p| p.len()),
+            _ => 0,
+        }
     }
 }
 
 /// One sequence being decoded.
-#[derive(Debug)]
 pub struct Session {
     weights: Weights,
     /// Position of a candle session (a native session's cache keeps its own).
     pos: usize,
     device: Device,
+    /// Where a candle qwen2 instance goes back when the session ends.
+    give_back: Option<Qwen2Pool>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("weights", &self.weights)
+            .field("position", &self.position())
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(pool) = self.give_back.take() else {
+            return;
+        };
+        let weights = std::mem::replace(&mut self.weights, Weights::Released);
+        if let Weights::Qwen2(mut m) = weights {
+            m.clear_kv_cache();
+            if let Ok(mut idle) = pool.lock() {
+                idle.push(m);
+            }
+        }
+    }
 }
 
 /// One session's part of [`feed_many`].
@@ -521,9 +593,9 @@ impl Session {
             Weights::Qwen2(m) => m.forward(&x, self.pos)?,
             Weights::HfLlama { model, cache } => model.forward(&x, self.pos, cache)?,
             Weights::HfQwen2(m) => m.forward(&x, self.pos)?,
-            Weights::Native { .. } => {
+            Weights::Native { .. } | Weights::Released => {
                 return Err(InferenceError::Internal(
-                    "native session fed as candle".into(),
+                    "native or released session fed as candle".into(),
                 ))
             }
         };

@@ -70,18 +70,8 @@ impl Drop for TinyDir {
 /// A byte-level BPE `tokenizer.json`: the 256 byte characters, three merges, and `<|im_end|>`.
 fn tiny_tokenizer_json() -> serde_json::Value {
     let mut vocab = serde_json::Map::new();
-    let mut n = 256u32;
-    for b in 0..=255u8 {
-        // GPT-2's byte-to-character table.
-        let printable = matches!(b, 33..=126 | 161..=172 | 174..=255);
-        let c = if printable {
-            char::from(b)
-        } else {
-            let c = char::from_u32(n).expect("char");
-            n += 1;
-            c
-        };
-        vocab.insert(c.to_string(), u32::from(b).into());
+    for (b, c) in common::gpt2_byte_chars().into_iter().enumerate() {
+        vocab.insert(c.to_string(), b.into());
     }
     vocab.insert("he".into(), 256.into());
     vocab.insert("ll".into(), 257.into());

@@ -327,7 +327,6 @@ fn pages_digest(
     Ok(ld)
 }
 
-
 /// SHA-384 of bytes.
 pub fn sha384(data: &[u8]) -> [u8; 48] {
     Sha384::digest(data).into()

@@ -1,6 +1,7 @@
 //! Helpers shared by the inference integration tests.
 
 /// Cosine similarity of two logit vectors, in f64.
+#[allow(dead_code)]
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
     for (x, y) in a.iter().zip(b) {
@@ -9,4 +10,22 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
         nb += f64::from(*y) * f64::from(*y);
     }
     dot / (na.sqrt() * nb.sqrt())
+}
+
+/// GPT-2's byte-to-character table, in byte order: the texts of a byte-level BPE vocabulary's
+/// 256 single-byte tokens.
+#[allow(dead_code)]
+pub fn gpt2_byte_chars() -> Vec<char> {
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            if matches!(b, 33..=126 | 161..=172 | 174..=255) {
+                char::from(b)
+            } else {
+                let c = char::from_u32(next).unwrap_or('\u{fffd}');
+                next += 1;
+                c
+            }
+        })
+        .collect()
 }
