@@ -107,16 +107,7 @@ fn tiny_config() -> serde_json::Value {
 /// The tensors of the tiny model (deterministic pseudo-random values).
 fn tiny_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut rand = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect()
-    };
+    let mut rand = |n: usize, scale: f32| common::random_values(n, scale, &mut state);
     let (q, kv) = (EMBD, EMBD / HEADS * KV_HEADS);
     let mut t = Vec::new();
     let mut put = |name: String, shape: Vec<usize>, scale: f32| {

@@ -18,23 +18,12 @@ const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 const LAYERS: usize = 2;
 
-fn random(n: usize, scale: f32, state: &mut u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            ((*state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-        })
-        .collect()
-}
-
 fn write_tiny_qwen2(path: &std::path::Path) {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut put = |name: String, shape: &[usize], scale: f32, dtype: GgmlDType| {
         let n = shape.iter().product();
-        let mut data = random(n, scale, &mut state);
+        let mut data = common::random_values(n, scale, &mut state);
         if name.ends_with("norm.weight") {
             data.iter_mut().for_each(|x| *x += 1.0);
         }

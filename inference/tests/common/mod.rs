@@ -29,3 +29,16 @@ pub fn gpt2_byte_chars() -> Vec<char> {
         })
         .collect()
 }
+
+/// `n` deterministic pseudo-random values in `[-scale, scale)` (xorshift64), advancing `state`.
+#[allow(dead_code)]
+pub fn random_values(n: usize, scale: f32, state: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            ((*state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
