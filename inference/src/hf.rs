@@ -582,6 +582,15 @@ impl<'a> Weights<'a> {
     /// Check the tensor set against the configuration: every tensor present with its shape and a
     /// dtype we convert, and none the engine would leave unused.
     pub fn check(&self, c: &HfConfig) -> Result<(), InferenceError> {
+        // Nine matrices and norms per layer: a layer count the files cannot hold is refused
+        // before the expected set is built.
+        if c.config.n_layer.saturating_mul(9) > self.index.len() {
+            return Err(InferenceError::BadModel(format!(
+                "config.json says {} layers but the weights hold only {} tensors",
+                c.config.n_layer,
+                self.index.len()
+            )));
+        }
         let want = expected_tensors(c);
         for (name, shape) in &want {
             let t = self.view(name)?.ok_or_else(|| {
@@ -815,6 +824,18 @@ mod tests {
         let mut v = config_json("");
         v["hidden_size"] = (-1).into();
         assert!(matches!(parse_config(&v), Err(InferenceError::BadModel(_))));
+        for (key, n) in [
+            ("max_position_embeddings", 1u64 << 40),
+            ("num_hidden_layers", 1 << 30),
+            ("vocab_size", 1 << 40),
+        ] {
+            let mut v = config_json("");
+            v[key] = n.into();
+            assert!(
+                matches!(parse_config(&v), Err(InferenceError::BadModel(_))),
+                "{key}"
+            );
+        }
     }
 
     #[test]

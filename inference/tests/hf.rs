@@ -283,6 +283,14 @@ fn malformed_or_unsupported_directories_are_refused() {
         load(&dir.path, Precision::Auto),
         Err(InferenceError::UnsupportedModel(_))
     ));
+    // More layers than the weights could hold: refused before anything is built.
+    let mut cfg = tiny_config();
+    cfg["num_hidden_layers"] = 1000.into();
+    std::fs::write(p("config.json"), cfg.to_string()).expect("write");
+    let e = load(&dir.path, Precision::Auto)
+        .expect_err("layers")
+        .to_string();
+    assert!(e.contains("1000 layers"), "{e}");
     std::fs::write(p("config.json"), tiny_config().to_string()).expect("write");
     let mut tok = tiny_tokenizer_json();
     tok["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁"});

@@ -63,6 +63,21 @@ impl Config {
         if self.n_layer == 0 || self.n_embd == 0 || self.n_head == 0 || self.n_head_kv == 0 {
             return bad(format!("model shape {self:?} has an empty dimension"));
         }
+        // Far above any published model, and low enough that no size computed from them
+        // overflows or asks for absurd memory before a tensor is even read.
+        for (what, n, max) in [
+            ("layer count", self.n_layer, 1 << 10),
+            ("hidden size", self.n_embd, 1 << 18),
+            ("head count", self.n_head, 1 << 12),
+            ("head size", self.head_dim, 1 << 12),
+            ("feed-forward size", self.n_ff, 1 << 20),
+            ("vocabulary", self.vocab, 1 << 22),
+            ("context length", self.context_length, 1 << 21),
+        ] {
+            if n > max {
+                return bad(format!("{what} {n} is out of range (at most {max})"));
+            }
+        }
         if !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad(format!(
                 "{} query heads do not divide into {} key/value heads",
