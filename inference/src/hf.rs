@@ -7,9 +7,9 @@
 //! so an auditor can recompute it with coreutils alone (docs/inference.md). Files the loader does
 //! not read (READMEs, other formats) are not part of the identity and have no effect.
 //!
-//! The tensor set is checked against what the architecture uses before anything is built: a
-//! missing tensor, a wrong shape or a tensor this engine would ignore (a newer architecture's
-//! extra weights) is refused, never run partially.
+//! Weight files are read one at a time and released once converted. Every tensor is checked
+//! against what the architecture uses: a missing tensor, a wrong shape or a tensor this engine
+//! would ignore (a newer architecture's extra weights) is refused, never run partially.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::cpu::quant::QMatrix;
 use crate::cpu::transformer::{Config, RawTensor, RopeStyle, TensorSource};
 use crate::error::InferenceError;
 use crate::tokenizer::{token_content, HfTokenizerHints};
@@ -106,7 +107,8 @@ impl HfDir {
         })
     }
 
-    /// Read the files a model directory's loader uses.
+    /// Read the small files a model directory's loader uses and list its weight files (read
+    /// later, one at a time, by [`convert_shards`]).
     pub fn read(
         dir: &Path,
         read: &dyn Fn(&Path) -> Result<Vec<u8>, InferenceError>,
@@ -188,13 +190,26 @@ impl HfDir {
         if shards.is_empty() {
             return Err(bad(INDEX_FILE, "weight_map is empty"));
         }
-        for s in &shards {
-            me.add(s, read)?;
+        if let Some(bad_name) = shards.iter().find(|s| !plain_name(s)) {
+            return Err(InferenceError::BadModel(format!(
+                "{}: file name {bad_name:?} is not a plain file name in the directory",
+                dir.display()
+            )));
         }
         me.shards = shards;
         Ok(me)
     }
 
+    /// The tensor names the index maps to files, when the weights are sharded.
+    fn indexed_tensors(&self) -> Result<Option<Vec<String>>, InferenceError> {
+        Ok(self.json(INDEX_FILE)?.and_then(|v| {
+            v.get("weight_map")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+        }))
+    }
+
+    /// Read a file, hash it into the manifest and keep its bytes.
     fn add(
         &mut self,
         name: &str,
@@ -219,7 +234,22 @@ impl HfDir {
         Ok(())
     }
 
-    /// A file's bytes, when it was read.
+    /// Read a weight file and hash it into the manifest; the bytes are the caller's.
+    fn read_shard(
+        &mut self,
+        name: &str,
+        read: &dyn Fn(&Path) -> Result<Vec<u8>, InferenceError>,
+    ) -> Result<Vec<u8>, InferenceError> {
+        let bytes = read(&self.path.join(name))?;
+        self.files.push(ModelFile {
+            name: name.to_owned(),
+            sha256: Sha256::digest(&bytes).into(),
+            size: bytes.len() as u64,
+        });
+        Ok(bytes)
+    }
+
+    /// A file's bytes, when it was read and not taken.
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
         self.contents.get(name).map(Vec::as_slice)
     }
@@ -231,12 +261,12 @@ impl HfDir {
             .transpose()
     }
 
-    /// The identity digest ([`manifest_digest`]).
+    /// The identity digest ([`manifest_digest`]), complete once the weights are converted.
     pub fn digest(&self) -> [u8; 32] {
         manifest_digest(&self.files)
     }
 
-    /// Bytes read in all.
+    /// Bytes read in all (once the weights are converted, the whole directory).
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
@@ -540,138 +570,6 @@ fn ignorable(name: &str, c: &HfConfig) -> bool {
     name.ends_with(".rotary_emb.inv_freq") || (c.tied && name == "lm_head.weight")
 }
 
-/// A tensor's shape (outermost first) and its values.
-pub type ShapedValues = (Vec<usize>, Vec<f32>);
-
-/// The parsed weight files of a directory.
-pub struct Weights<'a> {
-    shards: Vec<SafeTensors<'a>>,
-    /// Tensor name → shard.
-    index: HashMap<String, usize>,
-}
-
-impl std::fmt::Debug for Weights<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Weights")
-            .field("tensors", &self.index.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> Weights<'a> {
-    /// Parse the headers of every shard (the safetensors crate checks offsets and sizes).
-    pub fn parse(dir: &'a HfDir) -> Result<Self, InferenceError> {
-        let mut shards = Vec::with_capacity(dir.shards.len());
-        let mut index = HashMap::new();
-        for (i, name) in dir.shards.iter().enumerate() {
-            let bytes = dir
-                .bytes(name)
-                .ok_or_else(|| InferenceError::Internal(format!("{name} was not read")))?;
-            let st = SafeTensors::deserialize(bytes)
-                .map_err(|e| bad(name, format!("not a safetensors file: {e}")))?;
-            for t in st.names() {
-                if index.insert(t.to_string(), i).is_some() {
-                    return Err(bad(name, format!("tensor {t} is in more than one shard")));
-                }
-            }
-            shards.push(st);
-        }
-        Ok(Self { shards, index })
-    }
-
-    /// Check the tensor set against the configuration: every tensor present with its shape and a
-    /// dtype we convert, and none the engine would leave unused.
-    pub fn check(&self, c: &HfConfig) -> Result<(), InferenceError> {
-        // Nine matrices and norms per layer: a layer count the files cannot hold is refused
-        // before the expected set is built.
-        if c.config.n_layer.saturating_mul(9) > self.index.len() {
-            return Err(InferenceError::BadModel(format!(
-                "config.json says {} layers but the weights hold only {} tensors",
-                c.config.n_layer,
-                self.index.len()
-            )));
-        }
-        let want = expected_tensors(c);
-        for (name, shape) in &want {
-            let t = self.view(name)?.ok_or_else(|| {
-                InferenceError::BadModel(format!("tensor {name} missing from the weights"))
-            })?;
-            if t.shape() != shape.as_slice() {
-                return Err(InferenceError::BadModel(format!(
-                    "tensor {name}: shape {:?}, config.json implies {shape:?}",
-                    t.shape()
-                )));
-            }
-            dtype_size(t.dtype()).ok_or_else(|| {
-                InferenceError::UnsupportedModel(format!(
-                    "tensor {name}: dtype {:?} (supported: F32, F16, BF16)",
-                    t.dtype()
-                ))
-            })?;
-        }
-        let mut extra: Vec<&String> = self
-            .index
-            .keys()
-            .filter(|n| !want.contains_key(*n) && !ignorable(n, c))
-            .collect();
-        extra.sort();
-        if let Some(first) = extra.first() {
-            return Err(InferenceError::UnsupportedModel(format!(
-                "{} tensor(s) this {} engine would not use (first: {first}); refusing to run the \
-                 model partially",
-                extra.len(),
-                c.architecture
-            )));
-        }
-        Ok(())
-    }
-
-    fn view(
-        &self,
-        name: &str,
-    ) -> Result<Option<safetensors::tensor::TensorView<'a>>, InferenceError> {
-        let Some(&i) = self.index.get(name) else {
-            return Ok(None);
-        };
-        let st = self
-            .shards
-            .get(i)
-            .ok_or_else(|| InferenceError::Internal("shard index".into()))?;
-        st.tensor(name)
-            .map(Some)
-            .map_err(|e| InferenceError::BadModel(format!("tensor {name}: {e}")))
-    }
-
-    /// A tensor's values as f32.
-    pub fn f32(&self, name: &str) -> Result<Option<ShapedValues>, InferenceError> {
-        let Some(t) = self.view(name)? else {
-            return Ok(None);
-        };
-        let data = to_f32(t.dtype(), t.data()).ok_or_else(|| {
-            InferenceError::UnsupportedModel(format!("tensor {name}: dtype {:?}", t.dtype()))
-        })?;
-        if data.len() != t.shape().iter().product::<usize>() {
-            return Err(InferenceError::BadModel(format!(
-                "tensor {name}: data does not match its shape"
-            )));
-        }
-        Ok(Some((t.shape().to_vec(), data)))
-    }
-
-    /// All tensors, for candle.
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.index.keys()
-    }
-}
-
-fn dtype_size(d: Dtype) -> Option<usize> {
-    match d {
-        Dtype::F32 => Some(4),
-        Dtype::F16 | Dtype::BF16 => Some(2),
-        _ => None,
-    }
-}
-
 /// Little-endian F32/F16/BF16 values as f32.
 fn to_f32(d: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
@@ -689,21 +587,116 @@ fn to_f32(d: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     }
 }
 
-/// The native engine's view of a checked directory: GGUF names mapped to Hugging Face ones.
-#[derive(Debug)]
-pub struct HfSource<'a, 'w> {
-    weights: &'w Weights<'a>,
-    config: &'w HfConfig,
+/// Read the weight files one at a time, hashing each into the manifest, check every tensor
+/// against the configuration and convert it, and release the file before the next: peak memory
+/// is one file plus what was converted so far. `convert` gets each tensor the model uses
+/// (Hugging Face name, shape, values as f32). A missing tensor, a wrong shape, an unsupported
+/// dtype, a tensor in two files, or one the engine would not use (a newer architecture's extra
+/// weights) is an error, never a partial model. With an index, its list is checked first, before
+/// any weight file is read.
+pub fn convert_shards<T>(
+    dir: &mut HfDir,
+    c: &HfConfig,
+    read: &dyn Fn(&Path) -> Result<Vec<u8>, InferenceError>,
+    mut convert: impl FnMut(&str, Vec<usize>, Vec<f32>) -> Result<T, InferenceError>,
+) -> Result<HashMap<String, T>, InferenceError> {
+    let want = expected_tensors(c);
+    let extra = |name: &str| {
+        InferenceError::UnsupportedModel(format!(
+            "tensor {name} would not be used by this {} engine; refusing to run the model \
+             partially",
+            c.architecture
+        ))
+    };
+    let missing =
+        |name: &str| InferenceError::BadModel(format!("tensor {name} missing from the weights"));
+    if let Some(indexed) = dir.indexed_tensors()? {
+        if let Some(name) = indexed
+            .iter()
+            .find(|n| !want.contains_key(*n) && !ignorable(n, c))
+        {
+            return Err(extra(name));
+        }
+        if let Some(name) = want.keys().find(|k| !indexed.contains(k)) {
+            return Err(missing(name));
+        }
+    }
+    let mut out = HashMap::with_capacity(want.len());
+    for shard in dir.shards.clone() {
+        let bytes = dir.read_shard(&shard, read)?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(&shard, format!("not a safetensors file: {e}")))?;
+        let mut views = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, view) in views {
+            let Some(shape) = want.get(&name) else {
+                if ignorable(&name, c) {
+                    continue;
+                }
+                return Err(extra(&name));
+            };
+            if out.contains_key(&name) {
+                return Err(bad(
+                    &shard,
+                    format!("tensor {name} is in more than one file"),
+                ));
+            }
+            if view.shape() != shape.as_slice() {
+                return Err(InferenceError::BadModel(format!(
+                    "tensor {name}: shape {:?}, config.json implies {shape:?}",
+                    view.shape()
+                )));
+            }
+            let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+                InferenceError::UnsupportedModel(format!(
+                    "tensor {name}: dtype {:?} (supported: F32, F16, BF16)",
+                    view.dtype()
+                ))
+            })?;
+            if data.len() != shape.iter().product::<usize>() {
+                return Err(InferenceError::BadModel(format!(
+                    "tensor {name}: data does not match its shape"
+                )));
+            }
+            let t = convert(&name, view.shape().to_vec(), data)?;
+            out.insert(name, t);
+        }
+    }
+    if let Some(name) = want.keys().find(|k| !out.contains_key(*k)) {
+        return Err(missing(name));
+    }
+    Ok(out)
 }
 
-impl<'a, 'w> HfSource<'a, 'w> {
-    /// Over checked weights ([`Weights::check`]).
-    pub fn new(weights: &'w Weights<'a>, config: &'w HfConfig) -> Self {
-        Self { weights, config }
+/// The native engine's conversion: matrices to Q8_0 blocks as they are read, vectors as f32.
+pub fn native_tensor(
+    _name: &str,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+) -> Result<RawTensor, InferenceError> {
+    match shape.as_slice() {
+        &[rows, cols] => Ok(RawTensor::Matrix(QMatrix::quantize_q8_0(
+            rows, cols, &data,
+        )?)),
+        _ => Ok(RawTensor::F32 { shape, data }),
     }
 }
 
-impl TensorSource for HfSource<'_, '_> {
+/// The native engine's view of converted tensors: GGUF names mapped to Hugging Face ones.
+#[derive(Debug)]
+pub struct HfSource<'c> {
+    tensors: HashMap<String, RawTensor>,
+    config: &'c HfConfig,
+}
+
+impl<'c> HfSource<'c> {
+    /// Over the tensors [`convert_shards`] made with [`native_tensor`].
+    pub fn new(tensors: HashMap<String, RawTensor>, config: &'c HfConfig) -> Self {
+        Self { tensors, config }
+    }
+}
+
+impl TensorSource for HfSource<'_> {
     fn tensor(&mut self, name: &str) -> Result<Option<RawTensor>, InferenceError> {
         if name == "rope_freqs.weight" {
             return Ok(self.config.rope_factors.clone().map(|data| RawTensor::F32 {
@@ -714,13 +707,7 @@ impl TensorSource for HfSource<'_, '_> {
         if name == "output.weight" && self.config.tied {
             return Ok(None);
         }
-        let Some(hf) = hf_name(name) else {
-            return Ok(None);
-        };
-        Ok(self
-            .weights
-            .f32(&hf)?
-            .map(|(shape, data)| RawTensor::F32 { shape, data }))
+        Ok(hf_name(name).and_then(|hf| self.tensors.remove(&hf)))
     }
 }
 

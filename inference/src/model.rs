@@ -429,7 +429,7 @@ impl Model {
     /// Load a Hugging Face model directory ([`crate::hf`]).
     fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
         let device = opts.device.device()?;
-        let files = HfDir::read(dir, &read_with_progress)?;
+        let mut files = HfDir::read(dir, &read_with_progress)?;
         let config_json = files
             .json("config.json")?
             .ok_or_else(|| InferenceError::Internal("config.json was not read".into()))?;
@@ -449,18 +449,17 @@ impl Model {
             hints.bos_token.as_deref().unwrap_or(""),
             hints.eos_token.as_deref().unwrap_or(""),
         )?;
-        let weights = hf::Weights::parse(&files)?;
-        weights.check(&cfg)?;
         let native = opts.precision == Precision::Auto && device.is_cpu();
         let source = if native {
+            let tensors =
+                hf::convert_shards(&mut files, &cfg, &read_with_progress, hf::native_tensor)?;
             let model =
-                Transformer::load(cfg.config.clone(), &mut hf::HfSource::new(&weights, &cfg))?;
+                Transformer::load(cfg.config.clone(), &mut hf::HfSource::new(tensors, &cfg))?;
             tracing::info!(target: "chrysalis::model", engine = "native", kernels = crate::cpu::quant::KERNELS, formats = ?model.formats(), weight_mib = model.weight_bytes() >> 20, "weights ready");
             WeightSource::Native(Arc::new(model))
         } else {
-            candle_hf(&cfg, &weights, &device)?
+            candle_hf(&cfg, &mut files, &device)?
         };
-        drop(weights);
         let identity = ModelIdentity {
             name: opts.name.clone().unwrap_or_else(|| {
                 dir.canonicalize()
@@ -700,7 +699,7 @@ pub type SharedModel = Arc<Model>;
 /// candle's full-precision llama / qwen2 on a checked directory: f32 on CPU, bf16 on a GPU.
 fn candle_hf(
     cfg: &hf::HfConfig,
-    weights: &hf::Weights<'_>,
+    files: &mut HfDir,
     device: &Device,
 ) -> Result<WeightSource, InferenceError> {
     let c = &cfg.config;
@@ -709,15 +708,11 @@ fn candle_hf(
     } else {
         candle_core::DType::BF16
     };
-    let mut tensors = std::collections::HashMap::new();
-    for name in weights.names() {
-        if let Some((shape, data)) = weights.f32(name)? {
-            let t = Tensor::from_vec(data, shape, &Device::Cpu)?
-                .to_dtype(dtype)?
-                .to_device(device)?;
-            tensors.insert(name.clone(), t);
-        }
-    }
+    let tensors = hf::convert_shards(files, cfg, &read_with_progress, |_, shape, data| {
+        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?)
+    })?;
     let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
     match cfg.architecture.as_str() {
         "llama" => {

@@ -255,7 +255,7 @@ fn malformed_or_unsupported_directories_are_refused() {
     }
     for (tag, tensors, want) in [
         ("missing", missing, "missing"),
-        ("extra", extra, "would not use"),
+        ("extra", extra, "would not be used"),
         ("shape", reshaped, "shape"),
     ] {
         let dir = tiny_dir(tag, &tensors);
@@ -283,14 +283,14 @@ fn malformed_or_unsupported_directories_are_refused() {
         load(&dir.path, Precision::Auto),
         Err(InferenceError::UnsupportedModel(_))
     ));
-    // More layers than the weights could hold: refused before anything is built.
+    // More layers than the weights hold: the first missing one is named.
     let mut cfg = tiny_config();
     cfg["num_hidden_layers"] = 1000.into();
     std::fs::write(p("config.json"), cfg.to_string()).expect("write");
     let e = load(&dir.path, Precision::Auto)
         .expect_err("layers")
         .to_string();
-    assert!(e.contains("1000 layers"), "{e}");
+    assert!(e.contains("missing") && e.contains("model.layers."), "{e}");
     std::fs::write(p("config.json"), tiny_config().to_string()).expect("write");
     let mut tok = tiny_tokenizer_json();
     tok["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁"});
@@ -328,6 +328,40 @@ fn an_index_naming_a_path_outside_the_directory_is_refused() {
         .expect_err("escape")
         .to_string();
     assert!(e.contains("not a plain file name"), "{e}");
+    // An index is checked before any weight file is read: an extra tensor, a missing one.
+    let mut map: serde_json::Map<String, serde_json::Value> = tiny_tensors()
+        .iter()
+        .map(|t| (t.0.clone(), "model.safetensors".into()))
+        .collect();
+    map.insert(
+        "model.layers.0.self_attn.q_norm.weight".into(),
+        "model.safetensors".into(),
+    );
+    let write_index = |map: &serde_json::Map<String, serde_json::Value>| {
+        std::fs::write(
+            dir.path.join("model.safetensors.index.json"),
+            serde_json::json!({ "weight_map": map }).to_string(),
+        )
+        .expect("write")
+    };
+    write_index(&map);
+    let e = load(&dir.path, Precision::Auto)
+        .expect_err("extra")
+        .to_string();
+    assert!(
+        e.contains("q_norm") && e.contains("would not be used"),
+        "{e}"
+    );
+    map.remove("model.layers.0.self_attn.q_norm.weight");
+    map.remove("model.norm.weight");
+    write_index(&map);
+    let e = load(&dir.path, Precision::Auto)
+        .expect_err("missing")
+        .to_string();
+    assert!(e.contains("model.norm.weight missing"), "{e}");
+    map.insert("model.norm.weight".into(), "model.safetensors".into());
+    write_index(&map);
+    load(&dir.path, Precision::Auto).expect("a complete index loads");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -115,6 +115,8 @@ pub enum RawTensor {
         /// Block bytes.
         bytes: Vec<u8>,
     },
+    /// A matrix already in the engine's form (a source that converts as it reads).
+    Matrix(QMatrix),
     /// Values; `shape` outermost first.
     F32 {
         /// Dimensions, outermost first.
@@ -146,6 +148,11 @@ fn matrix(t: RawTensor, name: &str, rows: usize, cols: usize) -> Result<QMatrix,
         RawTensor::F32 { shape, data } if shape_ok(&shape) => {
             QMatrix::quantize_q8_0(rows, cols, &data)
         }
+        RawTensor::Matrix(m) if m.rows == rows && m.cols == cols => Ok(m),
+        RawTensor::Matrix(m) => Err(InferenceError::BadModel(format!(
+            "{name}: shape [{}, {}], expected [{rows}, {cols}]",
+            m.rows, m.cols
+        ))),
         RawTensor::Ggml { shape, .. } | RawTensor::F32 { shape, .. } => {
             Err(InferenceError::BadModel(format!(
                 "{name}: shape {shape:?}, expected [{rows}, {cols}]"
@@ -157,6 +164,7 @@ fn matrix(t: RawTensor, name: &str, rows: usize, cols: usize) -> Result<QMatrix,
 fn vector(t: RawTensor, name: &str, n: usize) -> Result<Vec<f32>, InferenceError> {
     let (shape, data) = match t {
         RawTensor::F32 { shape, data } => (shape, data),
+        RawTensor::Matrix(m) => (vec![m.rows, m.cols], m.to_f32()?),
         RawTensor::Ggml {
             format,
             shape,
