@@ -289,22 +289,6 @@ fn snp_id_block_matches_sev_snp_measure() {
     assert!(verify_id_block(&other, &tool_auth, true).is_err());
 }
 
-/// The three ACPI digests of a replayed log's RTMR0 (QEMU's tables, not the image's).
-fn acpi_digests_of(replay: &chrysalis_attestation::measure::eventlog::Replay) -> AcpiDigests {
-    let d: Vec<[u8; 48]> = replay
-        .events
-        .iter()
-        .filter(|e| e.rtmr == 0 && e.event_type == 0xA)
-        .map(|e| hex::decode(&e.digest).unwrap().try_into().unwrap())
-        .collect();
-    assert_eq!(d.len(), 3);
-    AcpiDigests {
-        table_loader: d[0],
-        rsdp: d[1],
-        tables: d[2],
-    }
-}
-
 /// RTMR0 predicted from the firmware file against a real boot: the dstack TD whose CCEL log is
 /// `dstack/ccel.bin` ran Debian trixie's OVMF layout (same CFV, same TD HOB and temporary-memory
 /// sections) with 1 GiB. Only the three ACPI digests are taken from its log; every other event
@@ -317,7 +301,7 @@ fn rtmr0_from_the_firmware_reproduces_a_real_boot() {
     let log = replay_ccel(&fixture("dstack/ccel.bin"))
         .unwrap()
         .into_replay();
-    let acpi = acpi_digests_of(&log);
+    let acpi = AcpiDigests::from_replay(&log).unwrap();
     let sections = tdvf::tdvf_sections(&fw).unwrap();
     let mut rtmrs = Rtmrs::default();
     rtmr0::rtmr0_events(&fw, &sections, 1 << 30, &acpi, &mut rtmrs).unwrap();

@@ -247,10 +247,14 @@ struct MeasureTdxArgs {
 }
 
 /// QEMU's ACPI fw_cfg files for this machine shape (QEMU version, vCPUs, memory, devices), as a
-/// guest of the same shape reads them from `/sys/firmware/qemu_fw_cfg/by_name/etc/.../raw`.
-/// With all three, RTMR0 is computed.
+/// guest of the same shape reads them from `/sys/firmware/qemu_fw_cfg/by_name/etc/.../raw`, or
+/// their digests from the event log of such a boot. With either, RTMR0 is computed.
 #[derive(Debug, clap::Args)]
 struct AcpiFiles {
+    /// Take the three ACPI digests from this event log's RTMR0 (CCEL or JSON); every other
+    /// RTMR0 event is still computed from the firmware and the VM shape.
+    #[arg(long, value_name = "LOG", conflicts_with_all = ["acpi_loader", "acpi_rsdp", "acpi_tables"])]
+    acpi_from_eventlog: Option<PathBuf>,
     /// `etc/table-loader`.
     #[arg(long, value_name = "FILE", requires_all = ["acpi_rsdp", "acpi_tables"])]
     acpi_loader: Option<PathBuf>,
@@ -563,11 +567,19 @@ fn measure_tdx(args: MeasureTdxArgs) -> Result<ExitCode, UsageError> {
         memory: parse_size(&args.memory)?,
         vcpus: args.vcpus,
     };
+    let from_log = match &args.acpi.acpi_from_eventlog {
+        Some(path) => Some(
+            chrysalis_attestation::measure::AcpiDigests::from_replay(&replay_log_file(path)?)
+                .map_err(measure_failed)?,
+        ),
+        None => None,
+    };
     let acpi = match (
         args.acpi.acpi_loader,
         args.acpi.acpi_rsdp,
         args.acpi.acpi_tables,
     ) {
+        _ if from_log.is_some() => from_log,
         (Some(l), Some(r), Some(t)) => {
             let read =
                 |p: &PathBuf| std::fs::read(p).map_err(|e| usage(&p.display().to_string(), e));
@@ -579,9 +591,15 @@ fn measure_tdx(args: MeasureTdxArgs) -> Result<ExitCode, UsageError> {
         }
         _ => None,
     };
-    let m = spec
+    let mut m = spec
         .measure_tdx_with(acpi.as_ref())
         .map_err(measure_failed)?;
+    if let Some(path) = &args.acpi.acpi_from_eventlog {
+        m.notes.push(format!(
+            "rtmr0's three ACPI digests were taken from {}; its other events were computed",
+            path.display()
+        ));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
     } else {
@@ -690,10 +708,12 @@ fn snp_id_block(args: SnpIdBlockArgs) -> Result<ExitCode, UsageError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn eventlog(args: EventlogArgs) -> Result<ExitCode, UsageError> {
+/// Replay an event log file: a JSON event list, or a CCEL log area (TCG crypto-agile).
+fn replay_log_file(
+    path: &PathBuf,
+) -> Result<chrysalis_attestation::measure::eventlog::Replay, UsageError> {
     use chrysalis_attestation::measure::eventlog::{replay_ccel, replay_json};
-    let bytes =
-        std::fs::read(&args.file).map_err(|e| usage(&args.file.display().to_string(), e))?;
+    let bytes = std::fs::read(path).map_err(|e| usage(&path.display().to_string(), e))?;
     let rtmrs = if bytes.trim_ascii_start().starts_with(b"[") {
         let text =
             String::from_utf8(bytes).map_err(|_| usage("event log", "JSON log is not UTF-8"))?;
@@ -702,7 +722,11 @@ fn eventlog(args: EventlogArgs) -> Result<ExitCode, UsageError> {
         replay_ccel(&bytes)
     }
     .map_err(measure_failed)?;
-    let replay = rtmrs.into_replay();
+    Ok(rtmrs.into_replay())
+}
+
+fn eventlog(args: EventlogArgs) -> Result<ExitCode, UsageError> {
+    let replay = replay_log_file(&args.file)?;
     // Compare with the quote's RTMRs (the quote's own fields, read without verifying it: use
     // `chrysalis verify` for authenticity).
     let quote_rtmrs: Option<[String; 4]> = match &args.quote {

@@ -331,6 +331,44 @@ fn tdx_rtmr0_with_acpi_tables() {
     // Other ACPI tables, another RTMR0.
     std::fs::write(dir.join("tables"), [3; 8192]).unwrap();
     assert_ne!(json(args("1G"))["rtmr"][0], one["rtmr"][0]);
+    // The ACPI digests of a real boot's log, everything else computed: that boot's RTMR0.
+    let td = root().join("attestation/testdata");
+    let ccel = td.join("dstack/ccel.bin");
+    let (code, stdout, stderr) = run(&[
+        "measure",
+        "tdx",
+        "--firmware",
+        &fw,
+        "--memory",
+        "1G",
+        "--acpi-from-eventlog",
+        ccel.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let from_log: Value = serde_json::from_str(&stdout).unwrap();
+    let (_, stdout, _) = run(&[
+        "eventlog",
+        ccel.to_str().unwrap(),
+        "--quote",
+        td.join("dcap-qvl/quote-from-tappd.hex").to_str().unwrap(),
+        "--json",
+    ]);
+    let log: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(log["rtmr_match"][0], true);
+    assert_eq!(from_log["rtmr"][0], log["rtmr"][0]);
+    // Both a log and files: they conflict, exit 2.
+    let (code, _, _) = run(&[
+        "measure",
+        "tdx",
+        "--firmware",
+        &fw,
+        "--acpi-from-eventlog",
+        ccel.to_str().unwrap(),
+        "--acpi-rsdp",
+        &rsdp,
+    ]);
+    assert_eq!(code, 2);
     // Only some of the three files: a usage error, exit 2.
     let (code, _, stderr) = run(&["measure", "tdx", "--firmware", &fw, "--acpi-rsdp", &rsdp]);
     assert_eq!(code, 2, "{stderr}");

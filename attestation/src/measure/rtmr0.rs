@@ -21,7 +21,7 @@
 //! TD HOB, in a second dstack TD's log (2 GiB); replaying them with that log's three ACPI digests
 //! gives the RTMR0 its firmware reported (`attestation/tests/measure.rs`).
 
-use crate::measure::eventlog::Rtmrs;
+use crate::measure::eventlog::{Replay, Rtmrs};
 use crate::measure::tdvf::{guid, SectionType, TdvfSection};
 use crate::measure::{sha384, utf16le_with_nul, MeasureError};
 
@@ -89,6 +89,35 @@ pub struct AcpiDigests {
 }
 
 impl AcpiDigests {
+    /// The three ACPI digests a replayed event log's RTMR0 carries (in OVMF's order). For an
+    /// auditor who has the log of a boot but not QEMU's files: every other RTMR0 event is still
+    /// computed from the firmware and the VM shape, so a matching RTMR0 then checks all of them,
+    /// with the ACPI tables pinned by digest.
+    pub fn from_replay(replay: &Replay) -> Result<Self, MeasureError> {
+        let digests: Vec<[u8; 48]> = replay
+            .events
+            .iter()
+            .filter(|e| e.rtmr == 0 && e.event_type == EV_PLATFORM_CONFIG_FLAGS)
+            .map(|e| {
+                hex::decode(&e.digest)
+                    .ok()
+                    .and_then(|d| <[u8; 48]>::try_from(d.as_slice()).ok())
+                    .ok_or_else(|| MeasureError::EventLog("an ACPI digest is not SHA-384".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        match digests.as_slice() {
+            [table_loader, rsdp, tables] => Ok(Self {
+                table_loader: *table_loader,
+                rsdp: *rsdp,
+                tables: *tables,
+            }),
+            other => Err(MeasureError::EventLog(format!(
+                "the log's RTMR0 has {} ACPI DATA events, expected 3 (table-loader, rsdp, tables)",
+                other.len()
+            ))),
+        }
+    }
+
     /// From the files' bytes (as read in a guest from
     /// `/sys/firmware/qemu_fw_cfg/by_name/etc/.../raw`).
     pub fn of_blobs(table_loader: &[u8], rsdp: &[u8], tables: &[u8]) -> Self {
