@@ -114,8 +114,13 @@ impl Sequence {
     pub fn new(model: Arc<Model>, req: &GenerateRequest) -> Result<Self, InferenceError> {
         req.params.validate()?;
         let rendered = model.template.render(&req.messages)?;
-        let mut prompt: Vec<u32> = model.tokenizer.bos_to_add().into_iter().collect();
-        prompt.extend(model.tokenizer.encode(&rendered, true));
+        let mut prompt = model.tokenizer.encode(&rendered, true);
+        // BOS once: templates that write it themselves (Llama 3) get no second one.
+        if let Some(bos) = model.tokenizer.bos_to_add() {
+            if prompt.first() != Some(&bos) {
+                prompt.insert(0, bos);
+            }
+        }
         Self::from_tokens(model, prompt, req.params.clone())
     }
 

@@ -230,6 +230,40 @@ fn tiny_directory_loads_on_both_engines_and_they_agree() {
 }
 
 #[test]
+fn bos_is_added_once_whether_or_not_the_template_writes_it() {
+    let dir = tiny_dir("bos", &tiny_tensors());
+    let request = chrysalis_inference::GenerateRequest {
+        model: String::new(),
+        messages: vec![Message::new("user", "hell")],
+        params: SamplingParams::greedy(1),
+    };
+    for (template, want) in [
+        (
+            "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+            vec![259, 258],
+        ),
+        (
+            "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+            vec![259, 258],
+        ),
+    ] {
+        std::fs::write(
+            dir.path.join("tokenizer_config.json"),
+            serde_json::json!({
+                "bos_token": "<|im_end|>", "eos_token": "<|im_end|>",
+                "add_bos_token": true, "chat_template": template
+            })
+            .to_string(),
+        )
+        .expect("write");
+        let m = Arc::new(load(&dir.path, Precision::Auto).expect("load"));
+        assert_eq!(m.tokenizer.bos_to_add(), Some(259));
+        let seq = Sequence::new(m, &request).expect("sequence");
+        assert_eq!(seq.prompt_tokens(), want.as_slice(), "{template}");
+    }
+}
+
+#[test]
 fn malformed_or_unsupported_directories_are_refused() {
     let good = tiny_tensors();
     // A missing tensor.
