@@ -306,6 +306,9 @@ fn text_of(content: &Value) -> Option<String> {
     }
 }
 
+// The error is the HTTP response itself, sent as is on the rare bad request: boxing it would only
+// add an allocation.
+#[allow(clippy::result_large_err)]
 fn parse(v: &Value, messages: Vec<Value>) -> Result<Parsed, Response> {
     let model = match v.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -377,6 +380,7 @@ fn parse(v: &Value, messages: Vec<Value>) -> Result<Parsed, Response> {
     })
 }
 
+#[allow(clippy::result_large_err)] // as `parse`
 fn chat_messages(v: &Value) -> Result<Vec<Value>, Response> {
     let msgs = v
         .get("messages")
@@ -407,6 +411,7 @@ fn chat_messages(v: &Value) -> Result<Vec<Value>, Response> {
         .collect()
 }
 
+#[allow(clippy::result_large_err)] // as `parse`
 async fn chat_completions(State(g): State<Arc<Gateway>>, req: Request) -> Response {
     let v = match read_json(req).await {
         Ok(v) => v,
@@ -427,8 +432,8 @@ async fn completions(State(g): State<Arc<Gateway>>, req: Request) -> Response {
     // The enclave serves chat models: a completion prompt is one user message.
     let prompt = match v.get("prompt") {
         Some(Value::String(p)) => p.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or("").to_owned()
+        Some(Value::Array(a)) if a.len() == 1 && a.first().is_some_and(Value::is_string) => {
+            a.first().and_then(Value::as_str).unwrap_or("").to_owned()
         }
         Some(_) => return bad_request("prompt: a string (one prompt per request)"),
         None => return bad_request("missing field: prompt"),
@@ -485,6 +490,7 @@ fn finish_reason(u: &Value) -> String {
 
 /// The model must be one the enclave measured: its names are in the attested configuration,
 /// so no extra round trip is needed per request.
+#[allow(clippy::result_large_err)] // as `parse`
 fn check_model(a: &Attested, model: &str) -> Result<(), Response> {
     let names: Vec<&str> = a
         .attestation
@@ -588,8 +594,10 @@ async fn run(g: Arc<Gateway>, p: Parsed, kind: Kind) -> Response {
                 let _ = tx.send(event(chunk(json!({}), json!(finish_reason(&u)))));
                 if include_usage {
                     let mut last = chunk(json!({}), Value::Null);
-                    last["choices"] = json!([]);
-                    last["usage"] = usage_json(&u);
+                    if let Some(o) = last.as_object_mut() {
+                        o.insert("choices".into(), json!([]));
+                        o.insert("usage".into(), usage_json(&u));
+                    }
                     let _ = tx.send(event(last));
                 }
                 let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n")));

@@ -1,6 +1,8 @@
 //! The relay's added latency: a request/response round trip over loopback TCP, straight to an
 //! echo server and through the host agent's relay. Per request: a new connection each time
 //! (what a client's first call pays); per chunk: a 1 KiB message on an open connection.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -232,6 +232,9 @@ async fn complete(
 }
 
 /// Prometheus text exposition of every VM's state and counters.
+/// A metric: name, help text, and how to read it from a VM's counters.
+type Counter = (&'static str, &'static str, fn(&crate::vm::Counters) -> u64);
+
 pub fn render_metrics(vms: &[Arc<VmHandle>]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -250,7 +253,7 @@ pub fn render_metrics(vms: &[Arc<VmHandle>]) -> String {
             );
         }
     }
-    let counters: [(&str, &str, fn(&crate::vm::Counters) -> u64); 6] = [
+    let counters: [Counter; 6] = [
         ("chrysalis_vm_restarts_total", "VM relaunches.", |c| {
             c.restarts.load(Ordering::Relaxed)
         }),

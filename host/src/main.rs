@@ -171,7 +171,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let c = HostConfig::load(&config)?;
             let v = match &name {
                 Some(n) => c.vm(n)?,
-                None if c.vms.len() == 1 => c.vm(&c.vms[0].name)?,
+                None if c.vms.len() == 1 => match c.vms.first() {
+                    Some(only) => c.vm(&only.name)?,
+                    None => anyhow::bail!("no VMs configured"),
+                },
                 None => anyhow::bail!("several VMs: name one with --vm"),
             };
             let p = vm::prepare(v, &c.state_dir, 0).map_err(anyhow::Error::msg)?;

@@ -334,9 +334,14 @@ pub fn command(l: &Launch) -> Result<Vec<String>, String> {
             if let Some(id) = &l.mr_config_id {
                 use base64::Engine as _;
                 let raw = hex::decode(id).map_err(|e| format!("mr_config_id: {e}"))?;
-                obj["mrconfigid"] = serde_json::Value::String(
-                    base64::engine::general_purpose::STANDARD.encode(raw),
-                );
+                if let Some(o) = obj.as_object_mut() {
+                    o.insert(
+                        "mrconfigid".into(),
+                        serde_json::Value::String(
+                            base64::engine::general_purpose::STANDARD.encode(raw),
+                        ),
+                    );
+                }
             }
             machine.push_str(",kernel-irqchip=split,confidential-guest-support=tdx0");
             a.extend(["-object".into(), obj.to_string()]);

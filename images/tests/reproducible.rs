@@ -5,6 +5,8 @@
 //! Inputs are real: Debian trixie's kernel, OVMF and libc packages, pinned by SHA-256, read from
 //! the fixture cache `make fixtures` fills (no download here), and the `sev` crate's AmdSev OVMF
 //! for the SNP launch digest.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
 

@@ -908,7 +908,8 @@ mod tests {
         let ok = Tokenizer::from_hf(&tiny_json(|_| {}), &hints).expect("plain byte-level");
         assert_eq!(ok.encode("ab<|im_end|>", true), vec![257, 256]);
         assert!(ok.is_eog(256) && ok.bos_to_add().is_none());
-        let refused: [(&str, fn(&mut serde_json::Value)); 9] = [
+        type Edit = (&'static str, fn(&mut serde_json::Value));
+        let refused: [Edit; 9] = [
             ("lstrip", |v| v["added_tokens"][0]["lstrip"] = true.into()),
             ("byte_fallback", |v| {
                 v["model"]["byte_fallback"] = true.into()

@@ -8,6 +8,8 @@
 //!   library): tokenizers against the `tokenizers` library's ids, the manifest digest against the
 //!   one the script computed, and the weights against candle's full-precision llama and against
 //!   the GGUF. Under `make test` (CHRYSALIS_REQUIRE_FIXTURES=1) a missing directory fails.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 use common::cosine;

@@ -5,6 +5,8 @@
 //! test strings, and for fixed chat prompts the prompt ids, the first 32 greedy tokens and the
 //! prefill logits. Needs the model (`make model`); under `make test`
 //! (CHRYSALIS_REQUIRE_FIXTURES=1) a missing model is a failure, not a skip.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 use common::cosine;

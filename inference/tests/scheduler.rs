@@ -1,4 +1,6 @@
 //! The scheduler with the real default model: fairness, back-pressure, cancellation.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,6 +8,8 @@
 //! chunk then travels alone, and its delivery latency, from the enclave handing it over to the
 //! client reading it, is measured). Client, gateway and enclave share this machine's cores.
 //! `cargo bench -p chrysalis-tests --bench gateway`; results in BENCHMARKS.md.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

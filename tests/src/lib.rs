@@ -1,5 +1,7 @@
 //! Helpers of the end-to-end tests: an in-process enclave (simulated TEE, the real default
 //! model, the real gRPC/RA-TLS server), a recording TCP relay, and log capture.
+// Test support: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! arrives without them; the host agent completes it from its cache and the SDK takes what it
 //! lacks from the host (or its own cache). Checked on a real TDX quote and its real Intel
 //! collateral (attestation/testdata/dcap-qvl, see the README there), at a pinned time.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 

@@ -2,6 +2,8 @@
 //! to `chrysalis gateway` in front of a simulated enclave: models, a chat completion, a streamed
 //! one and a completion, all real model text; OpenAI-style errors for bad requests. With a
 //! policy that does not match, the same client gets an error and the enclave sees no request.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,6 +7,8 @@
 //! Needs `qemu-system-x86_64` (installed by `.ci/run`), the fixtures (`make fixtures`), the
 //! model (`make model`) and the enclave binary (built by `cargo test --workspace`). Under
 //! `make test` (CHRYSALIS_REQUIRE_FIXTURES=1) a missing piece fails the test.
+// Test code: a failed assumption should stop the test loudly.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

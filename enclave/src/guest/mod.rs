@@ -153,7 +153,7 @@ pub fn service_args(config: &GuestConfig, cmdline: &str, model: Option<String>) 
 pub fn prepare() -> anyhow::Result<Prepared> {
     mount_kernel_fs();
     let text = std::fs::read_to_string(GUEST_CONFIG_PATH)
-        .with_context(|| format!("{GUEST_CONFIG_PATH}"))?;
+        .with_context(|| GUEST_CONFIG_PATH.to_string())?;
     let config = GuestConfig::from_json(&text).map_err(anyhow::Error::msg)?;
     load_modules(&config.modules);
     let _ = sys::mount("configfs", "/sys/kernel/config", "configfs", 0);
