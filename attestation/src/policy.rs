@@ -16,6 +16,7 @@
 //! [tdx]
 //! mr_td = ["<96 hex>"]
 //! rtmr = [["<rtmr0>", "<rtmr1>", "<rtmr2>", "<rtmr3>"]]   # optional sets of all four
+//! rtmr0 = ["<96 hex>"]                # optional: RTMR0 alone (firmware, TD HOB, ACPI, boot vars)
 //! rtmr1 = ["<96 hex>"]                # optional: RTMR1 alone (kernel)
 //! rtmr2 = ["<96 hex>"]                # optional: RTMR2 alone (command line, initrd)
 //! mr_seam = ["<96 hex>"]              # optional TDX module allowlist
@@ -131,6 +132,10 @@ pub struct TdxFile {
     /// Allowed (RTMR0, RTMR1, RTMR2, RTMR3) sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtmr: Option<Vec<[String; 4]>>,
+    /// Allowed RTMR0 values (firmware configuration, TD HOB, ACPI tables, boot variables), checked
+    /// alone: `chrysalis measure tdx` computes it given QEMU's ACPI tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr0: Option<Vec<String>>,
     /// Allowed RTMR1 values (kernel), checked alone; for images whose RTMR0 is not predicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtmr1: Option<Vec<String>>,
@@ -233,6 +238,7 @@ pub(crate) struct TcbRules {
 pub(crate) struct TdxRules {
     pub mr_td: Vec<[u8; 48]>,
     pub rtmr: Option<Vec<[[u8; 48]; 4]>>,
+    pub rtmr0: Option<Vec<[u8; 48]>>,
     pub rtmr1: Option<Vec<[u8; 48]>>,
     pub rtmr2: Option<Vec<[u8; 48]>>,
     pub mr_config_id: Option<Vec<[u8; 48]>>,
@@ -412,6 +418,7 @@ impl Policy {
                                 .collect::<Result<Vec<_>, ParseError>>()
                         })
                         .transpose()?,
+                    rtmr0: opt_hex_list("tdx.rtmr0", &t.rtmr0)?,
                     rtmr1: opt_hex_list("tdx.rtmr1", &t.rtmr1)?,
                     rtmr2: opt_hex_list("tdx.rtmr2", &t.rtmr2)?,
                     mr_config_id: opt_hex_list("tdx.mr_config_id", &t.mr_config_id)?,

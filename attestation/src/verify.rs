@@ -492,6 +492,9 @@ impl Verifier {
             if let Some(allowed) = &rules.mr_config_id {
                 allow_list("mr_config_id", &m.mr_config_id, allowed)?;
             }
+            if let Some(allowed) = &rules.rtmr0 {
+                allow_list("rtmr0", &m.rtmr[0], allowed)?;
+            }
             if let Some(allowed) = &rules.rtmr1 {
                 allow_list("rtmr1", &m.rtmr[1], allowed)?;
             }

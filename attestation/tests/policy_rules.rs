@@ -98,6 +98,17 @@ fn tdx_measurement_allowlists() {
         PolicyViolation::NotAllowed { field: "rtmr", .. }
     ));
 
+    // Each RTMR alone: the quote's own value passes, another is named in the violation.
+    for (i, field) in ["rtmr0", "rtmr1", "rtmr2"].into_iter().enumerate() {
+        let ok = format!("{field} = [\"{OTHER48}\", \"{}\"]", hex::encode(m.rtmr[i]));
+        assert!(tdx_v4().verify(&tdx_policy(&ok, "")).is_ok(), "{field}");
+        let bad = format!("{field} = [\"{OTHER48}\"]");
+        match violation(tdx_v4().verify(&tdx_policy(&bad, ""))) {
+            PolicyViolation::NotAllowed { field: f, .. } => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+
     let cfg_bad = format!("mr_config_id = [\"{OTHER48}\"]");
     assert!(matches!(
         violation(tdx_v4().verify(&tdx_policy(&cfg_bad, ""))),
