@@ -567,27 +567,21 @@ fn measure_tdx(args: MeasureTdxArgs) -> Result<ExitCode, UsageError> {
         memory: parse_size(&args.memory)?,
         vcpus: args.vcpus,
     };
-    let from_log = match &args.acpi.acpi_from_eventlog {
-        Some(path) => Some(
-            chrysalis_attestation::measure::AcpiDigests::from_replay(&replay_log_file(path)?)
-                .map_err(measure_failed)?,
-        ),
-        None => None,
-    };
+    use chrysalis_attestation::measure::AcpiDigests;
+    let a = &args.acpi;
     let acpi = match (
-        args.acpi.acpi_loader,
-        args.acpi.acpi_rsdp,
-        args.acpi.acpi_tables,
+        &a.acpi_from_eventlog,
+        &a.acpi_loader,
+        &a.acpi_rsdp,
+        &a.acpi_tables,
     ) {
-        _ if from_log.is_some() => from_log,
-        (Some(l), Some(r), Some(t)) => {
+        (Some(log), ..) => {
+            Some(AcpiDigests::from_replay(&replay_log_file(log)?).map_err(measure_failed)?)
+        }
+        (None, Some(l), Some(r), Some(t)) => {
             let read =
                 |p: &PathBuf| std::fs::read(p).map_err(|e| usage(&p.display().to_string(), e));
-            Some(chrysalis_attestation::measure::AcpiDigests::of_blobs(
-                &read(&l)?,
-                &read(&r)?,
-                &read(&t)?,
-            ))
+            Some(AcpiDigests::of_blobs(&read(l)?, &read(r)?, &read(t)?))
         }
         _ => None,
     };

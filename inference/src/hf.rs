@@ -40,12 +40,17 @@ pub struct ModelFile {
     pub size: u64,
 }
 
+/// Files in manifest order: by name, bytewise.
+pub fn sorted_manifest(files: &[ModelFile]) -> Vec<ModelFile> {
+    let mut sorted = files.to_vec();
+    sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    sorted
+}
+
 /// The manifest digest: SHA-256 over `sha256sum`-format lines, sorted by file name.
 pub fn manifest_digest(files: &[ModelFile]) -> [u8; 32] {
-    let mut sorted: Vec<&ModelFile> = files.iter().collect();
-    sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let mut h = Sha256::new();
-    for f in sorted {
+    for f in sorted_manifest(files) {
         h.update(hex::encode(f.sha256));
         h.update(b"  ");
         h.update(f.name.as_bytes());
@@ -58,11 +63,13 @@ pub fn manifest_digest(files: &[ModelFile]) -> [u8; 32] {
 pub struct HfDir {
     /// The directory.
     pub path: PathBuf,
-    /// Every file read, in the order read.
-    pub files: Vec<ModelFile>,
+    /// Every file read, in the order read ([`HfDir::manifest`] gives them sorted).
+    files: Vec<ModelFile>,
     contents: HashMap<String, Vec<u8>>,
     /// Weight files, in name order.
     pub shards: Vec<String>,
+    /// With an index, the tensor names it maps to files.
+    indexed: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for HfDir {
@@ -118,6 +125,7 @@ impl HfDir {
             files: Vec::new(),
             contents: HashMap::new(),
             shards: Vec::new(),
+            indexed: None,
         };
         for name in ["config.json", "tokenizer.json"] {
             if !dir.join(name).is_file() {
@@ -155,6 +163,7 @@ impl HfDir {
                 .collect::<Result<_, _>>()?;
             names.sort();
             names.dedup();
+            me.indexed = Some(map.keys().cloned().collect());
             names
         } else if dir.join(SINGLE_FILE).is_file() {
             vec![SINGLE_FILE.to_owned()]
@@ -200,13 +209,9 @@ impl HfDir {
         Ok(me)
     }
 
-    /// The tensor names the index maps to files, when the weights are sharded.
-    fn indexed_tensors(&self) -> Result<Option<Vec<String>>, InferenceError> {
-        Ok(self.json(INDEX_FILE)?.and_then(|v| {
-            v.get("weight_map")
-                .and_then(Value::as_object)
-                .map(|m| m.keys().cloned().collect())
-        }))
+    /// The files read so far, in manifest order (the identity's list).
+    pub fn manifest(&self) -> Vec<ModelFile> {
+        sorted_manifest(&self.files)
     }
 
     /// Read a file, hash it into the manifest and keep its bytes.
@@ -224,18 +229,14 @@ impl HfDir {
         if self.contents.contains_key(name) {
             return Ok(());
         }
-        let bytes = read(&self.path.join(name))?;
-        self.files.push(ModelFile {
-            name: name.to_owned(),
-            sha256: Sha256::digest(&bytes).into(),
-            size: bytes.len() as u64,
-        });
+        let bytes = self.read_file(name, read)?;
         self.contents.insert(name.to_owned(), bytes);
         Ok(())
     }
 
-    /// Read a weight file and hash it into the manifest; the bytes are the caller's.
-    fn read_shard(
+    /// Read a file and hash it into the manifest; the bytes are the caller's (weight files are
+    /// not kept).
+    fn read_file(
         &mut self,
         name: &str,
         read: &dyn Fn(&Path) -> Result<Vec<u8>, InferenceError>,
@@ -503,62 +504,104 @@ pub fn parse_config(v: &Value) -> Result<HfConfig, InferenceError> {
     })
 }
 
-/// The engine's (GGUF) name of a Hugging Face tensor name, for the tensors the engine uses.
+/// A dimension of a tensor, from the configuration.
+#[derive(Clone, Copy)]
+enum Dim {
+    Vocab,
+    Embd,
+    Q,
+    Kv,
+    Ff,
+}
+
+/// Whole-model tensors: engine (GGUF) name, Hugging Face name, shape.
+const MODEL_TENSORS: [(&str, &str, &[Dim]); 3] = [
+    (
+        "token_embd.weight",
+        "model.embed_tokens.weight",
+        &[Dim::Vocab, Dim::Embd],
+    ),
+    ("output_norm.weight", "model.norm.weight", &[Dim::Embd]),
+    ("output.weight", "lm_head.weight", &[Dim::Vocab, Dim::Embd]),
+];
+
+/// Per-layer tensors (`blk.N.` / `model.layers.N.`): engine name, Hugging Face name, shape. The
+/// biases are present only with `attention_bias`.
+const LAYER_TENSORS: [(&str, &str, &[Dim]); 12] = [
+    ("attn_norm.weight", "input_layernorm.weight", &[Dim::Embd]),
+    (
+        "ffn_norm.weight",
+        "post_attention_layernorm.weight",
+        &[Dim::Embd],
+    ),
+    (
+        "attn_q.weight",
+        "self_attn.q_proj.weight",
+        &[Dim::Q, Dim::Embd],
+    ),
+    (
+        "attn_k.weight",
+        "self_attn.k_proj.weight",
+        &[Dim::Kv, Dim::Embd],
+    ),
+    (
+        "attn_v.weight",
+        "self_attn.v_proj.weight",
+        &[Dim::Kv, Dim::Embd],
+    ),
+    (
+        "attn_output.weight",
+        "self_attn.o_proj.weight",
+        &[Dim::Embd, Dim::Q],
+    ),
+    (
+        "ffn_gate.weight",
+        "mlp.gate_proj.weight",
+        &[Dim::Ff, Dim::Embd],
+    ),
+    ("ffn_up.weight", "mlp.up_proj.weight", &[Dim::Ff, Dim::Embd]),
+    (
+        "ffn_down.weight",
+        "mlp.down_proj.weight",
+        &[Dim::Embd, Dim::Ff],
+    ),
+    ("attn_q.bias", "self_attn.q_proj.bias", &[Dim::Q]),
+    ("attn_k.bias", "self_attn.k_proj.bias", &[Dim::Kv]),
+    ("attn_v.bias", "self_attn.v_proj.bias", &[Dim::Kv]),
+];
+
+/// The Hugging Face name of an engine (GGUF) tensor name, for the tensors the engine uses.
 fn hf_name(gguf: &str) -> Option<String> {
-    Some(match gguf {
-        "token_embd.weight" => "model.embed_tokens.weight".into(),
-        "output_norm.weight" => "model.norm.weight".into(),
-        "output.weight" => "lm_head.weight".into(),
-        _ => {
-            let rest = gguf.strip_prefix("blk.")?;
-            let (layer, part) = rest.split_once('.')?;
-            let hf = match part {
-                "attn_norm.weight" => "input_layernorm.weight",
-                "ffn_norm.weight" => "post_attention_layernorm.weight",
-                "attn_q.weight" => "self_attn.q_proj.weight",
-                "attn_k.weight" => "self_attn.k_proj.weight",
-                "attn_v.weight" => "self_attn.v_proj.weight",
-                "attn_q.bias" => "self_attn.q_proj.bias",
-                "attn_k.bias" => "self_attn.k_proj.bias",
-                "attn_v.bias" => "self_attn.v_proj.bias",
-                "attn_output.weight" => "self_attn.o_proj.weight",
-                "ffn_gate.weight" => "mlp.gate_proj.weight",
-                "ffn_up.weight" => "mlp.up_proj.weight",
-                "ffn_down.weight" => "mlp.down_proj.weight",
-                _ => return None,
-            };
-            format!("model.layers.{layer}.{hf}")
-        }
-    })
+    if let Some((_, hf, _)) = MODEL_TENSORS.iter().find(|(g, _, _)| *g == gguf) {
+        return Some((*hf).to_owned());
+    }
+    let (layer, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let (_, hf, _) = LAYER_TENSORS.iter().find(|(g, _, _)| *g == part)?;
+    Some(format!("model.layers.{layer}.{hf}"))
 }
 
 /// The tensors (Hugging Face names and shapes) a model of this configuration consists of.
 pub fn expected_tensors(c: &HfConfig) -> BTreeMap<String, Vec<usize>> {
     let k = &c.config;
-    let (q, kv) = (k.n_head * k.head_dim, k.n_head_kv * k.head_dim);
+    let size = |d: &Dim| match d {
+        Dim::Vocab => k.vocab,
+        Dim::Embd => k.n_embd,
+        Dim::Q => k.n_head * k.head_dim,
+        Dim::Kv => k.n_head_kv * k.head_dim,
+        Dim::Ff => k.n_ff,
+    };
+    let shape = |dims: &[Dim]| dims.iter().map(size).collect::<Vec<_>>();
     let mut m = BTreeMap::new();
-    m.insert("model.embed_tokens.weight".into(), vec![k.vocab, k.n_embd]);
-    m.insert("model.norm.weight".into(), vec![k.n_embd]);
-    if !c.tied {
-        m.insert("lm_head.weight".into(), vec![k.vocab, k.n_embd]);
+    for (_, hf, dims) in MODEL_TENSORS {
+        if !(c.tied && hf == "lm_head.weight") {
+            m.insert(hf.to_owned(), shape(dims));
+        }
     }
     for i in 0..k.n_layer {
-        let mut put = |s: &str, shape: Vec<usize>| {
-            m.insert(format!("model.layers.{i}.{s}"), shape);
-        };
-        put("input_layernorm.weight", vec![k.n_embd]);
-        put("post_attention_layernorm.weight", vec![k.n_embd]);
-        put("self_attn.q_proj.weight", vec![q, k.n_embd]);
-        put("self_attn.k_proj.weight", vec![kv, k.n_embd]);
-        put("self_attn.v_proj.weight", vec![kv, k.n_embd]);
-        put("self_attn.o_proj.weight", vec![k.n_embd, q]);
-        put("mlp.gate_proj.weight", vec![k.n_ff, k.n_embd]);
-        put("mlp.up_proj.weight", vec![k.n_ff, k.n_embd]);
-        put("mlp.down_proj.weight", vec![k.n_embd, k.n_ff]);
-        if c.attention_bias {
-            put("self_attn.q_proj.bias", vec![q]);
-            put("self_attn.k_proj.bias", vec![kv]);
-            put("self_attn.v_proj.bias", vec![kv]);
+        for (_, hf, dims) in LAYER_TENSORS {
+            if c.attention_bias || !hf.ends_with(".bias") {
+                m.insert(format!("model.layers.{i}.{hf}"), shape(dims));
+            }
         }
     }
     m
@@ -610,7 +653,7 @@ pub fn convert_shards<T>(
     };
     let missing =
         |name: &str| InferenceError::BadModel(format!("tensor {name} missing from the weights"));
-    if let Some(indexed) = dir.indexed_tensors()? {
+    if let Some(indexed) = &dir.indexed {
         if let Some(name) = indexed
             .iter()
             .find(|n| !want.contains_key(*n) && !ignorable(n, c))
@@ -623,7 +666,7 @@ pub fn convert_shards<T>(
     }
     let mut out = HashMap::with_capacity(want.len());
     for shard in dir.shards.clone() {
-        let bytes = dir.read_shard(&shard, read)?;
+        let bytes = dir.read_file(&shard, read)?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(&shard, format!("not a safetensors file: {e}")))?;
         let mut views = st.tensors();

@@ -471,11 +471,7 @@ impl Model {
             size: files.total_size(),
             architecture: cfg.architecture.clone(),
             context_length: cfg.config.context_length,
-            files: {
-                let mut f = files.files.clone();
-                f.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-                f
-            },
+            files: files.manifest(),
         };
         tracing::info!(target: "chrysalis::model", model = %identity.name, manifest_sha256 = %hex::encode(identity.sha256), files = identity.files.len(), size = identity.size, precision = ?opts.precision, device = ?device, "model loaded");
         Ok(Self {

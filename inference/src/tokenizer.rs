@@ -46,8 +46,9 @@ fn pre_tokenizer_patterns(pre: &str) -> Result<&'static [&'static str], Inferenc
     })
 }
 
-/// GPT-2's reversible map from bytes to printable characters.
-fn byte_to_unicode() -> [char; 256] {
+/// GPT-2's reversible map from bytes to printable characters: the texts of a byte-level BPE
+/// vocabulary's 256 single-byte tokens, in byte order.
+pub fn byte_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for (b, slot) in table.iter_mut().enumerate() {
@@ -674,12 +675,24 @@ impl Tokenizer {
             .get("vocab")
             .and_then(serde_json::Value::as_object)
             .ok_or_else(|| hf_bad("model.vocab is not an object"))?;
+        let added = v
+            .get("added_tokens")
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // Ids are dense: an id at or past the number of entries means some id has no text. It is
+        // refused before anything is allocated for it.
+        let entries = vocab.len() + added.len();
         let mut by_id: Vec<Option<(String, bool)>> = Vec::new();
         let mut place = |id: u64, text: String, special: bool| -> Result<(), InferenceError> {
             let id = usize::try_from(id)
                 .ok()
-                .filter(|&i| i < (1 << 24))
-                .ok_or_else(|| hf_bad(format!("token id {id} out of range")))?;
+                .filter(|&i| i < entries)
+                .ok_or_else(|| {
+                    hf_bad(format!(
+                        "token id {id} is beyond the {entries} tokens given, so some id has no text"
+                    ))
+                })?;
             if by_id.len() <= id {
                 by_id.resize(id + 1, None);
             }
@@ -694,12 +707,7 @@ impl Tokenizer {
                 .ok_or_else(|| hf_bad(format!("vocab entry {text:?} has no integer id")))?;
             place(id, text.clone(), false)?;
         }
-        for t in v
-            .get("added_tokens")
-            .and_then(serde_json::Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for t in added {
             let id = t
                 .get("id")
                 .and_then(serde_json::Value::as_u64)

@@ -72,7 +72,10 @@ impl Drop for TinyDir {
 /// A byte-level BPE `tokenizer.json`: the 256 byte characters, three merges, and `<|im_end|>`.
 fn tiny_tokenizer_json() -> serde_json::Value {
     let mut vocab = serde_json::Map::new();
-    for (b, c) in common::gpt2_byte_chars().into_iter().enumerate() {
+    for (b, c) in chrysalis_inference::tokenizer::byte_to_unicode()
+        .into_iter()
+        .enumerate()
+    {
         vocab.insert(c.to_string(), b.into());
     }
     vocab.insert("he".into(), 256.into());

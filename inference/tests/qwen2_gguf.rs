@@ -54,7 +54,7 @@ fn write_tiny_qwen2(path: &std::path::Path) {
         put(p("ffn_up.weight"), &[FF, EMBD], 0.3, GgmlDType::Q8_0);
         put(p("ffn_down.weight"), &[EMBD, FF], 0.3, GgmlDType::Q8_0);
     }
-    let mut tokens: Vec<gguf_file::Value> = common::gpt2_byte_chars()
+    let mut tokens: Vec<gguf_file::Value> = chrysalis_inference::tokenizer::byte_to_unicode()
         .into_iter()
         .map(|c| gguf_file::Value::String(c.to_string()))
         .collect();

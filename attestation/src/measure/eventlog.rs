@@ -13,6 +13,25 @@ use crate::bytes::{le_u16_at, le_u32_at};
 
 /// EV_NO_ACTION: informational, not extended.
 pub const EV_NO_ACTION: u32 = 0x3;
+/// The separator between boot phases (four zero bytes). This and the types below are the TCG PC
+/// Client firmware profile's, as the RTMR prediction extends them.
+pub const EV_SEPARATOR: u32 = 0x0000_0004;
+/// Platform configuration (OVMF: QEMU's ACPI tables).
+pub const EV_PLATFORM_CONFIG_FLAGS: u32 = 0x0000_000A;
+/// Initial program load (OVMF: the command line and the initrd, RTMR2).
+pub const EV_IPL: u32 = 0x0000_000D;
+/// A UEFI variable that configures a driver (Secure Boot variables).
+pub const EV_EFI_VARIABLE_DRIVER_CONFIG: u32 = 0x8000_0001;
+/// A boot variable (`BootOrder`, `Boot####`).
+pub const EV_EFI_VARIABLE_BOOT: u32 = 0x8000_0002;
+/// A boot-services application (OVMF: the kernel, RTMR1).
+pub const EV_EFI_BOOT_SERVICES_APPLICATION: u32 = 0x8000_0003;
+/// An action string.
+pub const EV_EFI_ACTION: u32 = 0x8000_0007;
+/// A firmware blob with a description (OVMF: the configuration volume).
+pub const EV_EFI_PLATFORM_FIRMWARE_BLOB2: u32 = 0x8000_000A;
+/// Handoff tables with a description (OVMF: the TD HOB).
+pub const EV_EFI_HANDOFF_TABLES2: u32 = 0x8000_000B;
 const TPM_ALG_SHA384: u16 = 0x000C;
 
 /// One replayed event.
@@ -100,23 +119,23 @@ impl Rtmrs {
 pub fn event_type_name(t: u32) -> String {
     let name = match t {
         0x0000_0001 => "EV_POST_CODE",
-        0x0000_0003 => "EV_NO_ACTION",
-        0x0000_0004 => "EV_SEPARATOR",
+        EV_NO_ACTION => "EV_NO_ACTION",
+        EV_SEPARATOR => "EV_SEPARATOR",
         0x0000_0005 => "EV_ACTION",
         0x0000_0006 => "EV_EVENT_TAG",
         0x0000_0007 => "EV_S_CRTM_CONTENTS",
         0x0000_0008 => "EV_S_CRTM_VERSION",
-        0x0000_000A => "EV_PLATFORM_CONFIG_FLAGS",
-        0x0000_000D => "EV_IPL",
-        0x8000_0001 => "EV_EFI_VARIABLE_DRIVER_CONFIG",
-        0x8000_0002 => "EV_EFI_VARIABLE_BOOT",
-        0x8000_0003 => "EV_EFI_BOOT_SERVICES_APPLICATION",
+        EV_PLATFORM_CONFIG_FLAGS => "EV_PLATFORM_CONFIG_FLAGS",
+        EV_IPL => "EV_IPL",
+        EV_EFI_VARIABLE_DRIVER_CONFIG => "EV_EFI_VARIABLE_DRIVER_CONFIG",
+        EV_EFI_VARIABLE_BOOT => "EV_EFI_VARIABLE_BOOT",
+        EV_EFI_BOOT_SERVICES_APPLICATION => "EV_EFI_BOOT_SERVICES_APPLICATION",
         0x8000_0004 => "EV_EFI_BOOT_SERVICES_DRIVER",
-        0x8000_0007 => "EV_EFI_ACTION",
+        EV_EFI_ACTION => "EV_EFI_ACTION",
         0x8000_0008 => "EV_EFI_PLATFORM_FIRMWARE_BLOB",
         0x8000_0009 => "EV_EFI_HANDOFF_TABLES",
-        0x8000_000A => "EV_EFI_PLATFORM_FIRMWARE_BLOB2",
-        0x8000_000B => "EV_EFI_HANDOFF_TABLES2",
+        EV_EFI_PLATFORM_FIRMWARE_BLOB2 => "EV_EFI_PLATFORM_FIRMWARE_BLOB2",
+        EV_EFI_HANDOFF_TABLES2 => "EV_EFI_HANDOFF_TABLES2",
         0x8000_000C => "EV_EFI_VARIABLE_BOOT2",
         0x8000_00E0 => "EV_EFI_VARIABLE_AUTHORITY",
         0x0800_0001 => "RUNTIME_EVENT",
@@ -146,8 +165,8 @@ fn utf16(bytes: &[u8]) -> Option<String> {
 /// Describe event data for people.
 pub fn describe(event_type: u32, data: &[u8]) -> String {
     match event_type {
-        0x4 => "separator".into(),
-        0x8000_0001 | 0x8000_0002 | 0x8000_000C if data.len() >= 32 => {
+        EV_SEPARATOR => "separator".into(),
+        EV_EFI_VARIABLE_DRIVER_CONFIG | EV_EFI_VARIABLE_BOOT | 0x8000_000C if data.len() >= 32 => {
             // UEFI_VARIABLE_DATA: GUID ‖ u64 name length ‖ u64 data length ‖ UTF-16 name ‖ data.
             let name_len = data
                 .get(16..24)

@@ -365,26 +365,31 @@ pub fn rtmr1_events(
 ) -> Result<(), MeasureError> {
     rtmrs.extend(
         1,
-        0x8000_0003,
+        eventlog::EV_EFI_BOOT_SERVICES_APPLICATION,
         kernel_digest,
         "kernel (PE/COFF Authenticode)".into(),
     )?;
     rtmrs.extend(
         1,
-        0x8000_0007,
+        eventlog::EV_EFI_ACTION,
         sha384(RTMR1_ACTIONS[0].as_bytes()),
         RTMR1_ACTIONS[0].into(),
     )?;
-    rtmrs.extend(1, 0x4, sha384(&[0, 0, 0, 0]), "separator".into())?;
     rtmrs.extend(
         1,
-        0x8000_0007,
+        eventlog::EV_SEPARATOR,
+        sha384(&[0, 0, 0, 0]),
+        "separator".into(),
+    )?;
+    rtmrs.extend(
+        1,
+        eventlog::EV_EFI_ACTION,
         sha384(RTMR1_ACTIONS[1].as_bytes()),
         RTMR1_ACTIONS[1].into(),
     )?;
     rtmrs.extend(
         1,
-        0x8000_0007,
+        eventlog::EV_EFI_ACTION,
         sha384(RTMR1_ACTIONS[2].as_bytes()),
         RTMR1_ACTIONS[2].into(),
     )
@@ -454,14 +459,14 @@ impl VmSpec {
                 );
                 rtmrs.extend(
                     2,
-                    0x0000_000D,
+                    eventlog::EV_IPL,
                     sha384(&utf16le_with_nul(&cmdline)),
                     format!("LoadOptions: {cmdline}"),
                 )?;
                 if let Some(initrd) = &initrd {
                     rtmrs.extend(
                         2,
-                        0x0000_000D,
+                        eventlog::EV_IPL,
                         sha384(initrd),
                         format!("initrd ({} bytes)", initrd.len()),
                     )?;

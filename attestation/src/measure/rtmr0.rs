@@ -21,16 +21,12 @@
 //! TD HOB, in a second dstack TD's log (2 GiB); replaying them with that log's three ACPI digests
 //! gives the RTMR0 its firmware reported (`attestation/tests/measure.rs`).
 
-use crate::measure::eventlog::{Replay, Rtmrs};
+use crate::measure::eventlog::{
+    Replay, Rtmrs, EV_EFI_HANDOFF_TABLES2, EV_EFI_PLATFORM_FIRMWARE_BLOB2, EV_EFI_VARIABLE_BOOT,
+    EV_EFI_VARIABLE_DRIVER_CONFIG, EV_PLATFORM_CONFIG_FLAGS, EV_SEPARATOR,
+};
 use crate::measure::tdvf::{guid, SectionType, TdvfSection};
 use crate::measure::{sha384, utf16le_with_nul, MeasureError};
-
-const EV_SEPARATOR: u32 = 0x0000_0004;
-const EV_PLATFORM_CONFIG_FLAGS: u32 = 0x0000_000A;
-const EV_EFI_VARIABLE_DRIVER_CONFIG: u32 = 0x8000_0001;
-const EV_EFI_VARIABLE_BOOT: u32 = 0x8000_0002;
-const EV_EFI_PLATFORM_FIRMWARE_BLOB2: u32 = 0x8000_000A;
-const EV_EFI_HANDOFF_TABLES2: u32 = 0x8000_000B;
 
 /// `EFI_GLOBAL_VARIABLE`.
 const GLOBAL_VARIABLE: [u8; 16] = guid(

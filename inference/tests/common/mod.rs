@@ -12,24 +12,6 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na.sqrt() * nb.sqrt())
 }
 
-/// GPT-2's byte-to-character table, in byte order: the texts of a byte-level BPE vocabulary's
-/// 256 single-byte tokens.
-#[allow(dead_code)]
-pub fn gpt2_byte_chars() -> Vec<char> {
-    let mut next = 256u32;
-    (0..=255u8)
-        .map(|b| {
-            if matches!(b, 33..=126 | 161..=172 | 174..=255) {
-                char::from(b)
-            } else {
-                let c = char::from_u32(next).unwrap_or('\u{fffd}');
-                next += 1;
-                c
-            }
-        })
-        .collect()
-}
-
 /// `n` deterministic pseudo-random values in `[-scale, scale)` (xorshift64), advancing `state`.
 #[allow(dead_code)]
 pub fn random_values(n: usize, scale: f32, state: &mut u64) -> Vec<f32> {
