@@ -147,6 +147,112 @@ fn parallel_snp_page_digest_equals_sevs_sequential_one() {
     }
 }
 
+/// `measure_snp` hashes the pages itself and hands `sev` only the image's last pages; `sev`
+/// reading and hashing the whole image itself must give the same launch digest.
+#[test]
+fn snp_launch_digest_equals_sev_reading_the_whole_image() {
+    let dir = std::env::var("CHRYSALIS_FIXTURES")
+        .unwrap_or_else(|_| format!("{}/../target/fixtures", env!("CARGO_MANIFEST_DIR")));
+    let kernel = std::env::temp_dir().join(format!("chrysalis-snp-kernel-{}", std::process::id()));
+    std::fs::write(
+        &kernel,
+        (0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let cases = [
+        ("debian-bookworm-OVMF.fd", 4, "EPYC-Milan", false),
+        ("debian-trixie-OVMF.fd", 1, "EPYC-Genoa", false),
+        ("ovmf_AmdSev_suffix.bin", 2, "EPYC-v4", true),
+    ];
+    for (name, vcpus, cpu, with_kernel) in cases {
+        if firmware(name).is_none() {
+            continue;
+        }
+        let path: std::path::PathBuf = format!("{dir}/{name}").into();
+        let spec = VmSpec {
+            platform: PlatformSpec::Snp {
+                vcpu_type: cpu.into(),
+                guest_features: 0x1,
+                vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
+            },
+            firmware: path.clone(),
+            kernel: with_kernel.then(|| kernel.clone()),
+            initrd: None,
+            cmdline: with_kernel.then(|| "console=ttyS0".to_string()),
+            memory: 0,
+            vcpus,
+        };
+        let ours = spec.measure_snp().expect("ours");
+        let theirs = sev::measurement::snp::snp_calc_launch_digest(
+            sev::measurement::snp::SnpMeasurementArgs {
+                vcpus,
+                vcpu_type: sev::measurement::vcpu_types::CpuType::try_from(cpu).unwrap(),
+                ovmf_file: path,
+                guest_features: sev::measurement::vmsa::GuestFeatures(0x1),
+                kernel_file: with_kernel.then(|| kernel.clone()),
+                initrd_file: None,
+                append: with_kernel.then_some("console=ttyS0"),
+                ovmf_hash_str: None,
+                vmm_type: Some(sev::measurement::vmsa::VMMType::QEMU),
+            },
+        )
+        .expect("sev");
+        assert_eq!(hex::encode(ours), theirs.get_hex_ld(), "{name}");
+    }
+    let _ = std::fs::remove_file(&kernel);
+}
+
+/// SEV metadata that `sev` would index out of bounds (it panics) is refused first, clearly.
+#[test]
+fn malformed_sev_metadata_is_an_error_not_a_panic() {
+    let Some(fw) = firmware("debian-bookworm-OVMF.fd") else {
+        return;
+    };
+    // The footer entry: data (u32 offset from the end) ‖ u16 length ‖ GUID, GUID in LE form.
+    let guid = [
+        0x66, 0x65, 0x88, 0xdc, 0x4a, 0x98, 0x98, 0x47, 0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67,
+        0xcc,
+    ];
+    let at = fw
+        .windows(16)
+        .rposition(|w| w == guid)
+        .expect("SEV metadata entry")
+        - 6;
+    let from_end = u32::from_le_bytes(fw[at..at + 4].try_into().unwrap()) as usize;
+    let header = fw.len() - from_end;
+    let mut bad_offset = fw.clone();
+    bad_offset[at..at + 4].copy_from_slice(&(fw.len() as u32 + 16).to_le_bytes());
+    let mut bad_size = fw.clone();
+    bad_size[header + 4..header + 8].copy_from_slice(&(from_end as u32 + 1).to_le_bytes());
+    let mut bad_items = fw.clone();
+    bad_items[header + 12..header + 16].copy_from_slice(&1000u32.to_le_bytes());
+    for (what, image) in [
+        ("offset", bad_offset),
+        ("size", bad_size),
+        ("items", bad_items),
+    ] {
+        let path =
+            std::env::temp_dir().join(format!("chrysalis-bad-sev-{what}-{}", std::process::id()));
+        std::fs::write(&path, &image).unwrap();
+        let spec = VmSpec {
+            platform: PlatformSpec::Snp {
+                vcpu_type: "EPYC-Milan".into(),
+                guest_features: 0x1,
+                vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
+            },
+            firmware: path.clone(),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            memory: 0,
+            vcpus: 1,
+        };
+        let err = spec.measure_snp().expect_err(what).to_string();
+        assert!(err.contains("SEV metadata"), "{what}: {err}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 #[test]
 fn mrtd_of_real_ovmf_builds() {
     // Known answers computed by this implementation and cross-checked: the two page-add orders

@@ -439,13 +439,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Warnings and errors to stderr; `CHRYSALIS_LOG` (an `EnvFilter` directive) for more. Without
+/// it, a plain level filter: parsing directives costs more than some whole commands (`measure`).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHRYSALIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = match tracing_subscriber::EnvFilter::try_from_env("CHRYSALIS_LOG") {
+        Ok(filter) => fmt.with_env_filter(filter).try_init(),
+        Err(_) => fmt.with_max_level(tracing::Level::WARN).try_init(),
+    };
 }
 
 fn now_or(at: Option<&str>) -> Result<Timestamp, UsageError> {

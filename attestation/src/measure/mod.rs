@@ -11,6 +11,7 @@
 pub mod eventlog;
 pub mod kernel;
 pub mod rtmr0;
+pub mod sha384x4;
 pub mod snp_id;
 pub mod tdvf;
 
@@ -159,6 +160,102 @@ fn read_tail(path: &PathBuf, n: u64) -> Result<Vec<u8>, MeasureError> {
     Ok(tail)
 }
 
+/// OVMF's footer GUID table entry for the SEV kernel-hashes table.
+const SEV_HASH_TABLE_GUID: [u8; 16] = tdvf::guid(
+    0x7255_371f,
+    0x3a3b,
+    0x4b04,
+    [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54],
+);
+/// OVMF's footer GUID table entry holding the SEV metadata's offset from the end of the image.
+const SEV_METADATA_GUID: [u8; 16] = tdvf::guid(
+    0xdc88_6566,
+    0x984a,
+    0x4798,
+    [0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc],
+);
+/// The most of the firmware's tail that [`SevFirmwareView`] reads (OVMF keeps its footer table
+/// and SEV metadata in the reset-vector page; this leaves room for much larger ones).
+const SEV_VIEW_MAX: u64 = 64 << 10;
+
+/// What `sev` is given as the firmware. `sev` takes a path and reads the whole image, but when
+/// the pages' digest is handed to it (as here) it uses only the footer GUID table and the SEV
+/// metadata, which it finds by their offsets from the end of the image; the image's length
+/// matters nowhere else. So it is given the image's last pages, up to and including the
+/// metadata, in an in-memory file: reading 2–4 MiB into a fresh buffer was a fifth of the
+/// command's time. Where the metadata lies further back, or no in-memory file can be made, it
+/// is given the file itself; the digest is the same either way (tested against `sev` reading the
+/// whole image, and against `sev-snp-measure`).
+enum SevFirmwareView {
+    Whole(PathBuf),
+    #[cfg(target_os = "linux")]
+    Tail {
+        path: PathBuf,
+        // Keeps the memfd open while `sev` opens it through /proc/self/fd.
+        _file: std::fs::File,
+    },
+}
+
+impl SevFirmwareView {
+    /// `tail`: the image's last [`SEV_VIEW_MAX`] bytes (all of it when smaller).
+    fn new(firmware: &std::path::Path, tail: &[u8]) -> Result<Self, MeasureError> {
+        let Some(meta) = tdvf::footer_entry(tail, &SEV_METADATA_GUID)? else {
+            // `sev` reports the missing metadata itself.
+            return Ok(Self::Whole(firmware.to_path_buf()));
+        };
+        let from_end = crate::bytes::le_u32_at(meta, 0)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| MeasureError::Firmware("SEV metadata footer entry too short".into()))?;
+        // Checked here because `sev` indexes these without bounds checks (it would panic): the
+        // header (signature, size, version, item count), then 12-byte section descriptors, all
+        // before the end of the image and within its tail.
+        let start = tail.len().checked_sub(from_end).ok_or_else(|| {
+            MeasureError::Firmware(format!(
+                "SEV metadata at {from_end} bytes from the end, outside the image's last {} KiB",
+                tail.len() / 1024
+            ))
+        })?;
+        let field = |at: usize| crate::bytes::le_u32_at(tail, start + at).map(|n| n as usize);
+        let (size, items) = field(4).zip(field(12)).ok_or_else(|| {
+            MeasureError::Firmware("SEV metadata header runs past the end of the image".into())
+        })?;
+        if size > from_end || items.saturating_mul(12).saturating_add(16) > size {
+            return Err(MeasureError::Firmware(format!(
+                "SEV metadata of {size} bytes with {items} sections does not fit the image"
+            )));
+        }
+        // Whole pages, so nothing else shifts; the footer table is in the last page.
+        let want = from_end.max(4096).next_multiple_of(4096).min(tail.len());
+        let pages = tail.get(tail.len() - want..).unwrap_or(tail);
+        Ok(Self::in_memory(pages).unwrap_or_else(|| Self::Whole(firmware.to_path_buf())))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn in_memory(pages: &[u8]) -> Option<Self> {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd as _;
+        let fd = rustix::fs::memfd_create(c"chrysalis-ovmf-tail", rustix::fs::MemfdFlags::CLOEXEC)
+            .ok()?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(pages).ok()?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        path.exists().then_some(Self::Tail { path, _file: file })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn in_memory(_pages: &[u8]) -> Option<Self> {
+        None
+    }
+
+    fn path(&self) -> &PathBuf {
+        match self {
+            Self::Whole(path) => path,
+            #[cfg(target_os = "linux")]
+            Self::Tail { path, .. } => path,
+        }
+    }
+}
+
 fn read(path: &PathBuf) -> Result<Vec<u8>, MeasureError> {
     std::fs::read(path).map_err(|source| MeasureError::Io {
         path: path.clone(),
@@ -229,102 +326,170 @@ enum PagesError {
 /// Pages per block a worker reads and hashes at a time (64 KiB).
 const PAGES_PER_BLOCK: u64 = 16;
 
+/// A page-reading function: fill `buf` from byte `offset` of the image.
+type ReadAt<'a> = &'a (dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync);
+
 /// The page-digest chain over `len` bytes that `read(offset, buf)` provides.
-fn pages_digest(
-    len: u64,
-    read: &(dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync),
-) -> Result<[u8; 48], PagesError> {
-    const PAGE: u64 = 4096;
+///
+/// Workers claim 64 KiB blocks from a shared counter and this thread works too; once no block is
+/// left to claim, this thread chains the PAGE_INFO digests in page order, waiting only for blocks
+/// a helper is still hashing. A helper that the scheduler starts late (on this VM an idle vCPU
+/// can take over a millisecond to pick a new thread up) then just does fewer blocks, and the
+/// sequential chain overlaps the helpers' last blocks.
+fn pages_digest(len: u64, read: ReadAt<'_>) -> Result<[u8; 48], PagesError> {
     if len == 0 || len % PAGE != 0 || len > 1 << 32 {
         return Err(PagesError::Measure(MeasureError::Firmware(format!(
             "firmware size {len} is not a whole number of 4 KiB pages below 4 GiB"
         ))));
     }
-    let gpa0 = (1u64 << 32) - len;
     let pages = len / PAGE;
     let blocks = pages.div_ceil(PAGES_PER_BLOCK);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    // Blocks are dealt round-robin, so runs of similar pages (a blank variable store) do not all
-    // land on one thread. A page that is one byte repeated (erased flash: 0xff) is common in
-    // firmware images; its digest is computed once per byte value and reused.
-    let per_thread: Vec<std::io::Result<Vec<[u8; 48]>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads as u64)
-            .map(|t| {
-                scope.spawn(move || -> std::io::Result<Vec<[u8; 48]>> {
-                    let mut uniform: [Option<[u8; 48]>; 256] = [None; 256];
-                    let mut buf = vec![0u8; (PAGE * PAGES_PER_BLOCK) as usize];
-                    let mut out = Vec::new();
-                    for block in (t..blocks).step_by(threads) {
-                        let first_page = block * PAGES_PER_BLOCK;
-                        let n = (pages - first_page).min(PAGES_PER_BLOCK);
-                        let bytes = buf
-                            .get_mut(..(n * PAGE) as usize)
-                            .ok_or_else(|| std::io::Error::other("block buffer"))?;
-                        read(first_page * PAGE, bytes)?;
-                        for page in bytes.chunks_exact(PAGE as usize) {
-                            let first = page.first().copied().unwrap_or(0);
-                            out.push(if page.iter().all(|&b| b == first) {
-                                match uniform.get_mut(usize::from(first)) {
-                                    Some(slot) => *slot.get_or_insert_with(|| sha384(page)),
-                                    None => sha384(page),
-                                }
-                            } else {
-                                sha384(page)
-                            });
-                        }
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("page digest worker panicked")))
-            })
-            .collect()
-    });
-    let per_thread: Vec<Vec<[u8; 48]>> = per_thread
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .map_err(PagesError::Io)?;
-    // Back into page order: block b went to thread b % threads, as its (b / threads)-th block.
-    let per_block = PAGES_PER_BLOCK as usize;
-    let digests: Vec<[u8; 48]> = (0..pages as usize)
-        .filter_map(|i| {
-            let (block, within) = (i / per_block, i % per_block);
-            per_thread
-                .get(block % threads)?
-                .get((block / threads) * per_block + within)
-                .copied()
-        })
-        .collect();
-    if digests.len() as u64 != pages {
-        return Err(PagesError::Measure(MeasureError::Firmware(
-            "page digest workers returned too few pages".into(),
-        )));
-    }
+    type Slot = std::sync::OnceLock<std::io::Result<Vec<[u8; 48]>>>;
+    let slots: Vec<Slot> = (0..blocks).map(|_| Slot::new()).collect();
+    let next_block = std::sync::atomic::AtomicU64::new(0);
+    let work = || {
+        let mut hasher = BlockHasher::new();
+        loop {
+            let block = next_block.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(slot) = slots.get(block as usize) else {
+                return;
+            };
+            let first_page = block * PAGES_PER_BLOCK;
+            let n = (pages - first_page).min(PAGES_PER_BLOCK);
+            let _ = slot.set(hasher.hash(read, first_page * PAGE, n as usize));
+        }
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        work();
+        let chained = chain_page_digests(&slots, (1u64 << 32) - len, || {
+            helpers.iter().all(|h| h.is_finished())
+        });
+        // Joined here, so a helper's panic is an error rather than the scope's panic.
+        let panicked = helpers.into_iter().any(|h| h.join().is_err());
+        match chained {
+            Err(_) if panicked => Err(PagesError::Io(std::io::Error::other(
+                "page digest worker panicked",
+            ))),
+            other => other,
+        }
+    })
+}
+
+/// Bytes in a page.
+const PAGE: u64 = 4096;
+
+/// The PAGE_INFO chain (SEV-SNP ABI, SNP_LAUNCH_UPDATE) over the firmware's pages as normal
+/// pages from `gpa0`, taking each block's page digests as they are filled in.
+fn chain_page_digests(
+    slots: &[std::sync::OnceLock<std::io::Result<Vec<[u8; 48]>>>],
+    gpa0: u64,
+    helpers_done: impl Fn() -> bool,
+) -> Result<[u8; 48], PagesError> {
     let mut ld = [0u8; 48];
     let mut gpa = gpa0;
-    for contents in &digests {
-        // PAGE_INFO (SEV-SNP ABI, SNP_LAUNCH_UPDATE): the digest so far, the page's digest,
-        // length 0x70, page type 1 (normal), not IMI, VMPL permissions 0, the page's GPA.
-        let mut info = [0u8; 0x70];
-        let (prev, rest) = info.split_at_mut(48);
-        prev.copy_from_slice(&ld);
-        let (digest, tail) = rest.split_at_mut(48);
-        digest.copy_from_slice(contents);
-        let (head, gpa_bytes) = tail.split_at_mut(8);
-        head.copy_from_slice(&[0x70, 0x00, 0x01, 0, 0, 0, 0, 0]);
-        gpa_bytes.copy_from_slice(&gpa.to_le_bytes());
-        ld = sha384(&info);
-        gpa += PAGE;
+    for slot in slots {
+        let mut spins = 0u32;
+        let block = loop {
+            if let Some(block) = slot.get() {
+                break block;
+            }
+            // A helper fills a slot before it returns, so a slot still empty once every helper
+            // has returned will stay empty (one panicked).
+            if helpers_done() && slot.get().is_none() {
+                return Err(PagesError::Io(std::io::Error::other(
+                    "page digest worker stopped",
+                )));
+            }
+            spins += 1;
+            if spins < 1000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        };
+        let digests = block
+            .as_ref()
+            .map_err(|e| PagesError::Io(std::io::Error::new(e.kind(), e.to_string())))?;
+        for contents in digests {
+            // PAGE_INFO: the digest so far, the page's digest, length 0x70, page type 1
+            // (normal), not IMI, VMPL permissions 0, the page's GPA.
+            let mut info = [0u8; 0x70];
+            let (prev, rest) = info.split_at_mut(48);
+            prev.copy_from_slice(&ld);
+            let (digest, tail) = rest.split_at_mut(48);
+            digest.copy_from_slice(contents);
+            let (head, gpa_bytes) = tail.split_at_mut(8);
+            head.copy_from_slice(&[0x70, 0x00, 0x01, 0, 0, 0, 0, 0]);
+            gpa_bytes.copy_from_slice(&gpa.to_le_bytes());
+            ld = sha384(&info);
+            gpa += PAGE;
+        }
     }
     Ok(ld)
+}
+
+/// One worker's state: a reused 64 KiB buffer, and the digests of pages that are one byte
+/// repeated (erased flash, 0xff, is common in firmware images), computed once per byte value.
+struct BlockHasher {
+    buf: Vec<u8>,
+    uniform: [Option<[u8; 48]>; 256],
+}
+
+impl BlockHasher {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; (PAGE * PAGES_PER_BLOCK) as usize],
+            uniform: [None; 256],
+        }
+    }
+
+    /// The digests of the `n` pages from byte `offset`. Pages that are not one repeated byte go
+    /// through [`sha384x4`] four at a time.
+    fn hash(&mut self, read: ReadAt<'_>, offset: u64, n: usize) -> std::io::Result<Vec<[u8; 48]>> {
+        type Page<'p> = &'p [u8; sha384x4::PAGE];
+        let bytes = self
+            .buf
+            .get_mut(..n * PAGE as usize)
+            .ok_or_else(|| std::io::Error::other("block buffer"))?;
+        read(offset, bytes)?;
+        let mut digests = vec![[0u8; 48]; n];
+        let mut batch: Vec<(usize, Page<'_>)> = Vec::with_capacity(4);
+        let flush = |batch: &mut Vec<(usize, Page<'_>)>, digests: &mut Vec<[u8; 48]>| {
+            let pages: Vec<Page<'_>> = batch.iter().map(|(_, p)| *p).collect();
+            for ((i, _), d) in batch.drain(..).zip(sha384x4::pages(&pages)) {
+                if let Some(slot) = digests.get_mut(i) {
+                    *slot = d;
+                }
+            }
+        };
+        for (i, page) in bytes.chunks_exact(PAGE as usize).enumerate() {
+            let first = page.first().copied().unwrap_or(0);
+            // 64 bytes at a time: this compiles to vector compares, where a byte-wise `all`
+            // scanned the blank pages byte by byte.
+            let repeated = [first; 64];
+            if page.chunks_exact(64).all(|c| c == repeated) {
+                let d = match self.uniform.get_mut(usize::from(first)) {
+                    Some(slot) => *slot.get_or_insert_with(|| sha384(page)),
+                    None => sha384(page),
+                };
+                if let Some(slot) = digests.get_mut(i) {
+                    *slot = d;
+                }
+            } else if let Ok(page) = Page::try_from(page) {
+                batch.push((i, page));
+                if batch.len() == 4 {
+                    flush(&mut batch, &mut digests);
+                }
+            }
+        }
+        flush(&mut batch, &mut digests);
+        Ok(digests)
+    }
 }
 
 /// SHA-384 of bytes.
@@ -514,9 +679,9 @@ impl VmSpec {
                 "unknown vCPU type {vcpu_type:?} (e.g. EPYC-Milan, EPYC-Genoa, EPYC-Turin)"
             ))
         })?;
-        // The firmware's pages are hashed here, streamed from the file; its footer (the
-        // kernel-hashes section) is read from its tail. The kernel and initrd are checked first so
-        // a missing file is a clear I/O error naming it: `sev` reads them itself (it takes paths).
+        // The firmware's pages are hashed here, streamed from the file. The kernel and initrd are
+        // checked first so a missing file is a clear I/O error naming it: `sev` reads them itself
+        // (it takes paths).
         let pages_digest = snp_firmware_file_pages_digest(&self.firmware)?;
         for p in [self.kernel.as_ref(), self.initrd.as_ref()]
             .into_iter()
@@ -527,15 +692,9 @@ impl VmSpec {
                 source,
             })?;
         }
+        let tail = read_tail(&self.firmware, SEV_VIEW_MAX)?;
         if self.kernel.is_some() {
-            let fw = read_tail(&self.firmware, 64 << 10)?;
-            let sev_hash_table = tdvf::guid(
-                0x7255_371f,
-                0x3a3b,
-                0x4b04,
-                [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54],
-            );
-            let has_table = tdvf::footer_entry(&fw, &sev_hash_table)?
+            let has_table = tdvf::footer_entry(&tail, &SEV_HASH_TABLE_GUID)?
                 .and_then(|d| d.get(4..8).and_then(|b| crate::bytes::le_u32_at(b, 0)))
                 .is_some_and(|size| size > 0);
             if !has_table {
@@ -544,10 +703,11 @@ impl VmSpec {
                 ));
             }
         }
+        let view = SevFirmwareView::new(&self.firmware, &tail)?;
         let args = SnpMeasurementArgs {
             vcpus: self.vcpus,
             vcpu_type: cpu,
-            ovmf_file: self.firmware.clone(),
+            ovmf_file: view.path().clone(),
             guest_features: GuestFeatures(*guest_features),
             kernel_file: self.kernel.clone(),
             initrd_file: self.initrd.clone(),
