@@ -3,7 +3,7 @@
 # same inputs, and `chrysalis measure tdx` (MRTD) on a 4 MiB firmware. Mean wall time of N runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-20}
+N=${N:-50}
 F=target/fixtures
 cargo build --release -q -p chrysalis-client
 BIN=target/release/chrysalis
