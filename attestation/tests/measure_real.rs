@@ -202,6 +202,60 @@ fn snp_launch_digest_equals_sev_reading_the_whole_image() {
     let _ = std::fs::remove_file(&kernel);
 }
 
+/// SEV metadata further from the end than the tail read first (64 KiB) is still found: the
+/// metadata block moved 100 KiB back, its footer offset updated, gives `sev`'s digest of the
+/// same modified image.
+#[test]
+fn sev_metadata_far_from_the_end_is_still_found() {
+    let Some(mut fw) = firmware("debian-bookworm-OVMF.fd") else {
+        return;
+    };
+    let guid = [
+        0x66, 0x65, 0x88, 0xdc, 0x4a, 0x98, 0x98, 0x47, 0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67,
+        0xcc,
+    ];
+    let at = fw.windows(16).rposition(|w| w == guid).unwrap() - 6;
+    let from_end = u32::from_le_bytes(fw[at..at + 4].try_into().unwrap()) as usize;
+    let header = fw.len() - from_end;
+    let size = u32::from_le_bytes(fw[header + 4..header + 8].try_into().unwrap()) as usize;
+    let block = fw[header..header + size].to_vec();
+    let new_from_end = 100 * 1024;
+    let new_header = fw.len() - new_from_end;
+    fw[new_header..new_header + size].copy_from_slice(&block);
+    fw[at..at + 4].copy_from_slice(&(new_from_end as u32).to_le_bytes());
+    let path = std::env::temp_dir().join(format!("chrysalis-far-sev-{}", std::process::id()));
+    std::fs::write(&path, &fw).unwrap();
+    let spec = VmSpec {
+        platform: PlatformSpec::Snp {
+            vcpu_type: "EPYC-Milan".into(),
+            guest_features: 0x1,
+            vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
+        },
+        firmware: path.clone(),
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        memory: 0,
+        vcpus: 2,
+    };
+    let ours = spec.measure_snp().expect("ours");
+    let theirs =
+        sev::measurement::snp::snp_calc_launch_digest(sev::measurement::snp::SnpMeasurementArgs {
+            vcpus: 2,
+            vcpu_type: sev::measurement::vcpu_types::CpuType::try_from("EPYC-Milan").unwrap(),
+            ovmf_file: path.clone(),
+            guest_features: sev::measurement::vmsa::GuestFeatures(0x1),
+            kernel_file: None,
+            initrd_file: None,
+            append: None,
+            ovmf_hash_str: None,
+            vmm_type: Some(sev::measurement::vmsa::VMMType::QEMU),
+        })
+        .expect("sev");
+    assert_eq!(hex::encode(ours), theirs.get_hex_ld());
+    let _ = std::fs::remove_file(&path);
+}
+
 /// SEV metadata that `sev` would index out of bounds (it panics) is refused first, clearly.
 #[test]
 fn malformed_sev_metadata_is_an_error_not_a_panic() {

@@ -183,9 +183,9 @@ const SEV_VIEW_MAX: u64 = 64 << 10;
 /// metadata, which it finds by their offsets from the end of the image; the image's length
 /// matters nowhere else. So it is given the image's last pages, up to and including the
 /// metadata, in an in-memory file: reading 2–4 MiB into a fresh buffer was a fifth of the
-/// command's time. Where the metadata lies further back, or no in-memory file can be made, it
-/// is given the file itself; the digest is the same either way (tested against `sev` reading the
-/// whole image, and against `sev-snp-measure`).
+/// command's time. Where no in-memory file can be made (not Linux, no /proc), it is given the
+/// file itself; the digest is the same either way (tested against `sev` reading the whole image,
+/// and against `sev-snp-measure`).
 enum SevFirmwareView {
     Whole(PathBuf),
     #[cfg(target_os = "linux")]
@@ -197,7 +197,8 @@ enum SevFirmwareView {
 }
 
 impl SevFirmwareView {
-    /// `tail`: the image's last [`SEV_VIEW_MAX`] bytes (all of it when smaller).
+    /// `tail`: the image's last [`SEV_VIEW_MAX`] bytes (all of it when smaller); more is read
+    /// when the metadata lies further back.
     fn new(firmware: &std::path::Path, tail: &[u8]) -> Result<Self, MeasureError> {
         let Some(meta) = tdvf::footer_entry(tail, &SEV_METADATA_GUID)? else {
             // `sev` reports the missing metadata itself.
@@ -206,13 +207,21 @@ impl SevFirmwareView {
         let from_end = crate::bytes::le_u32_at(meta, 0)
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| MeasureError::Firmware("SEV metadata footer entry too short".into()))?;
+        // Metadata further back than the tail read so far: read back as far as it.
+        let longer;
+        let tail = if from_end > tail.len() && tail.len() as u64 == SEV_VIEW_MAX {
+            longer = read_tail(&firmware.to_path_buf(), from_end as u64)?;
+            &longer[..]
+        } else {
+            tail
+        };
         // Checked here because `sev` indexes these without bounds checks (it would panic): the
         // header (signature, size, version, item count), then 12-byte section descriptors, all
-        // before the end of the image and within its tail.
+        // before the end of the image.
         let start = tail.len().checked_sub(from_end).ok_or_else(|| {
             MeasureError::Firmware(format!(
-                "SEV metadata at {from_end} bytes from the end, outside the image's last {} KiB",
-                tail.len() / 1024
+                "SEV metadata at {from_end} bytes from the end of a {}-byte image",
+                tail.len()
             ))
         })?;
         let field = |at: usize| crate::bytes::le_u32_at(tail, start + at).map(|n| n as usize);
