@@ -147,18 +147,83 @@ fn parallel_snp_page_digest_equals_sevs_sequential_one() {
     }
 }
 
+/// An SNP VM on QEMU with guest features 0x1.
+fn snp_spec(
+    firmware: &std::path::Path,
+    vcpus: u32,
+    cpu: &str,
+    kernel: Option<&std::path::Path>,
+    cmdline: Option<&str>,
+) -> VmSpec {
+    VmSpec {
+        platform: PlatformSpec::Snp {
+            vcpu_type: cpu.into(),
+            guest_features: 0x1,
+            vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
+        },
+        firmware: firmware.to_path_buf(),
+        kernel: kernel.map(|k| k.to_path_buf()),
+        initrd: None,
+        cmdline: cmdline.map(str::to_string),
+        memory: 0,
+        vcpus,
+    }
+}
+
+/// `sev`'s launch digest of `spec`, with `sev` reading and hashing the whole image itself.
+fn sev_whole_image_digest(spec: &VmSpec) -> String {
+    let PlatformSpec::Snp { vcpu_type, .. } = &spec.platform else {
+        panic!("not SNP")
+    };
+    sev::measurement::snp::snp_calc_launch_digest(sev::measurement::snp::SnpMeasurementArgs {
+        vcpus: spec.vcpus,
+        vcpu_type: sev::measurement::vcpu_types::CpuType::try_from(vcpu_type.as_str()).unwrap(),
+        ovmf_file: spec.firmware.clone(),
+        guest_features: sev::measurement::vmsa::GuestFeatures(0x1),
+        kernel_file: spec.kernel.clone(),
+        initrd_file: None,
+        append: spec.cmdline.as_deref(),
+        ovmf_hash_str: None,
+        vmm_type: Some(sev::measurement::vmsa::VMMType::QEMU),
+    })
+    .expect("sev")
+    .get_hex_ld()
+}
+
+/// The footer GUID table entry giving the SEV metadata's offset from the end (GUID in LE form).
+const SEV_METADATA_GUID: [u8; 16] = [
+    0x66, 0x65, 0x88, 0xdc, 0x4a, 0x98, 0x98, 0x47, 0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc,
+];
+
+/// Where the SEV metadata offset sits in `fw` (entry: data ‖ u16 length ‖ GUID), and its value.
+fn sev_metadata_offset(fw: &[u8]) -> (usize, usize) {
+    let at = fw
+        .windows(16)
+        .rposition(|w| w == SEV_METADATA_GUID)
+        .expect("SEV metadata entry")
+        - 6;
+    (
+        at,
+        u32::from_le_bytes(fw[at..at + 4].try_into().unwrap()) as usize,
+    )
+}
+
+fn write_temp(what: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("chrysalis-{what}-{}", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 /// `measure_snp` hashes the pages itself and hands `sev` only the image's last pages; `sev`
 /// reading and hashing the whole image itself must give the same launch digest.
 #[test]
 fn snp_launch_digest_equals_sev_reading_the_whole_image() {
     let dir = std::env::var("CHRYSALIS_FIXTURES")
         .unwrap_or_else(|_| format!("{}/../target/fixtures", env!("CARGO_MANIFEST_DIR")));
-    let kernel = std::env::temp_dir().join(format!("chrysalis-snp-kernel-{}", std::process::id()));
-    std::fs::write(
-        &kernel,
-        (0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let kernel = write_temp(
+        "snp-kernel",
+        &(0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    );
     let cases = [
         ("debian-bookworm-OVMF.fd", 4, "EPYC-Milan", false),
         ("debian-trixie-OVMF.fd", 1, "EPYC-Genoa", false),
@@ -168,36 +233,16 @@ fn snp_launch_digest_equals_sev_reading_the_whole_image() {
         if firmware(name).is_none() {
             continue;
         }
-        let path: std::path::PathBuf = format!("{dir}/{name}").into();
-        let spec = VmSpec {
-            platform: PlatformSpec::Snp {
-                vcpu_type: cpu.into(),
-                guest_features: 0x1,
-                vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
-            },
-            firmware: path.clone(),
-            kernel: with_kernel.then(|| kernel.clone()),
-            initrd: None,
-            cmdline: with_kernel.then(|| "console=ttyS0".to_string()),
-            memory: 0,
+        let path = std::path::PathBuf::from(format!("{dir}/{name}"));
+        let spec = snp_spec(
+            &path,
             vcpus,
-        };
+            cpu,
+            with_kernel.then_some(kernel.as_path()),
+            with_kernel.then_some("console=ttyS0"),
+        );
         let ours = spec.measure_snp().expect("ours");
-        let theirs = sev::measurement::snp::snp_calc_launch_digest(
-            sev::measurement::snp::SnpMeasurementArgs {
-                vcpus,
-                vcpu_type: sev::measurement::vcpu_types::CpuType::try_from(cpu).unwrap(),
-                ovmf_file: path,
-                guest_features: sev::measurement::vmsa::GuestFeatures(0x1),
-                kernel_file: with_kernel.then(|| kernel.clone()),
-                initrd_file: None,
-                append: with_kernel.then_some("console=ttyS0"),
-                ovmf_hash_str: None,
-                vmm_type: Some(sev::measurement::vmsa::VMMType::QEMU),
-            },
-        )
-        .expect("sev");
-        assert_eq!(hex::encode(ours), theirs.get_hex_ld(), "{name}");
+        assert_eq!(hex::encode(ours), sev_whole_image_digest(&spec), "{name}");
     }
     let _ = std::fs::remove_file(&kernel);
 }
@@ -210,12 +255,7 @@ fn sev_metadata_far_from_the_end_is_still_found() {
     let Some(mut fw) = firmware("debian-bookworm-OVMF.fd") else {
         return;
     };
-    let guid = [
-        0x66, 0x65, 0x88, 0xdc, 0x4a, 0x98, 0x98, 0x47, 0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67,
-        0xcc,
-    ];
-    let at = fw.windows(16).rposition(|w| w == guid).unwrap() - 6;
-    let from_end = u32::from_le_bytes(fw[at..at + 4].try_into().unwrap()) as usize;
+    let (at, from_end) = sev_metadata_offset(&fw);
     let header = fw.len() - from_end;
     let size = u32::from_le_bytes(fw[header + 4..header + 8].try_into().unwrap()) as usize;
     let block = fw[header..header + size].to_vec();
@@ -223,36 +263,10 @@ fn sev_metadata_far_from_the_end_is_still_found() {
     let new_header = fw.len() - new_from_end;
     fw[new_header..new_header + size].copy_from_slice(&block);
     fw[at..at + 4].copy_from_slice(&(new_from_end as u32).to_le_bytes());
-    let path = std::env::temp_dir().join(format!("chrysalis-far-sev-{}", std::process::id()));
-    std::fs::write(&path, &fw).unwrap();
-    let spec = VmSpec {
-        platform: PlatformSpec::Snp {
-            vcpu_type: "EPYC-Milan".into(),
-            guest_features: 0x1,
-            vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
-        },
-        firmware: path.clone(),
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        memory: 0,
-        vcpus: 2,
-    };
+    let path = write_temp("far-sev", &fw);
+    let spec = snp_spec(&path, 2, "EPYC-Milan", None, None);
     let ours = spec.measure_snp().expect("ours");
-    let theirs =
-        sev::measurement::snp::snp_calc_launch_digest(sev::measurement::snp::SnpMeasurementArgs {
-            vcpus: 2,
-            vcpu_type: sev::measurement::vcpu_types::CpuType::try_from("EPYC-Milan").unwrap(),
-            ovmf_file: path.clone(),
-            guest_features: sev::measurement::vmsa::GuestFeatures(0x1),
-            kernel_file: None,
-            initrd_file: None,
-            append: None,
-            ovmf_hash_str: None,
-            vmm_type: Some(sev::measurement::vmsa::VMMType::QEMU),
-        })
-        .expect("sev");
-    assert_eq!(hex::encode(ours), theirs.get_hex_ld());
+    assert_eq!(hex::encode(ours), sev_whole_image_digest(&spec));
     let _ = std::fs::remove_file(&path);
 }
 
@@ -262,17 +276,7 @@ fn malformed_sev_metadata_is_an_error_not_a_panic() {
     let Some(fw) = firmware("debian-bookworm-OVMF.fd") else {
         return;
     };
-    // The footer entry: data (u32 offset from the end) ‖ u16 length ‖ GUID, GUID in LE form.
-    let guid = [
-        0x66, 0x65, 0x88, 0xdc, 0x4a, 0x98, 0x98, 0x47, 0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67,
-        0xcc,
-    ];
-    let at = fw
-        .windows(16)
-        .rposition(|w| w == guid)
-        .expect("SEV metadata entry")
-        - 6;
-    let from_end = u32::from_le_bytes(fw[at..at + 4].try_into().unwrap()) as usize;
+    let (at, from_end) = sev_metadata_offset(&fw);
     let header = fw.len() - from_end;
     let mut bad_offset = fw.clone();
     bad_offset[at..at + 4].copy_from_slice(&(fw.len() as u32 + 16).to_le_bytes());
@@ -285,22 +289,8 @@ fn malformed_sev_metadata_is_an_error_not_a_panic() {
         ("size", bad_size),
         ("items", bad_items),
     ] {
-        let path =
-            std::env::temp_dir().join(format!("chrysalis-bad-sev-{what}-{}", std::process::id()));
-        std::fs::write(&path, &image).unwrap();
-        let spec = VmSpec {
-            platform: PlatformSpec::Snp {
-                vcpu_type: "EPYC-Milan".into(),
-                guest_features: 0x1,
-                vmm_type: chrysalis_attestation::measure::VmmType::Qemu,
-            },
-            firmware: path.clone(),
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            memory: 0,
-            vcpus: 1,
-        };
+        let path = write_temp(&format!("bad-sev-{what}"), &image);
+        let spec = snp_spec(&path, 1, "EPYC-Milan", None, None);
         let err = spec.measure_snp().expect_err(what).to_string();
         assert!(err.contains("SEV metadata"), "{what}: {err}");
         let _ = std::fs::remove_file(&path);
