@@ -466,37 +466,38 @@ impl BlockHasher {
             .get_mut(..n * PAGE as usize)
             .ok_or_else(|| std::io::Error::other("block buffer"))?;
         read(offset, bytes)?;
-        let mut digests = vec![[0u8; 48]; n];
-        let mut batch: Vec<(usize, Page<'_>)> = Vec::with_capacity(4);
-        let flush = |batch: &mut Vec<(usize, Page<'_>)>, digests: &mut Vec<[u8; 48]>| {
-            let pages: Vec<Page<'_>> = batch.iter().map(|(_, p)| *p).collect();
-            for ((i, _), d) in batch.drain(..).zip(sha384x4::pages(&pages)) {
-                if let Some(slot) = digests.get_mut(i) {
-                    *slot = d;
-                }
-            }
-        };
-        for (i, page) in bytes.chunks_exact(PAGE as usize).enumerate() {
-            let first = page.first().copied().unwrap_or(0);
+        let pages: Vec<Page<'_>> = bytes
+            .chunks_exact(PAGE as usize)
+            .filter_map(|p| Page::try_from(p).ok())
+            .collect();
+        let mut digests = vec![[0u8; 48]; pages.len()];
+        let mut others = Vec::with_capacity(pages.len());
+        for ((i, page), digest) in pages.iter().enumerate().zip(&mut digests) {
+            let first = page[0];
             // 64 bytes at a time: this compiles to vector compares, where a byte-wise `all`
             // scanned the blank pages byte by byte.
             let repeated = [first; 64];
             if page.chunks_exact(64).all(|c| c == repeated) {
-                let d = match self.uniform.get_mut(usize::from(first)) {
-                    Some(slot) => *slot.get_or_insert_with(|| sha384(page)),
-                    None => sha384(page),
+                *digest = match self.uniform.get_mut(usize::from(first)) {
+                    Some(slot) => *slot.get_or_insert_with(|| sha384(&page[..])),
+                    None => sha384(&page[..]),
                 };
+            } else {
+                others.push(i);
+            }
+        }
+        for batch in others.chunks(4) {
+            let batch_pages: Vec<Page<'_>> = batch
+                .iter()
+                .filter_map(|&i| pages.get(i))
+                .copied()
+                .collect();
+            for (&i, d) in batch.iter().zip(sha384x4::pages(&batch_pages)) {
                 if let Some(slot) = digests.get_mut(i) {
                     *slot = d;
                 }
-            } else if let Ok(page) = Page::try_from(page) {
-                batch.push((i, page));
-                if batch.len() == 4 {
-                    flush(&mut batch, &mut digests);
-                }
             }
         }
-        flush(&mut batch, &mut digests);
         Ok(digests)
     }
 }
