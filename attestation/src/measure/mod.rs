@@ -11,7 +11,7 @@
 pub mod eventlog;
 pub mod kernel;
 pub mod rtmr0;
-pub mod sha384x4;
+pub mod sha384_pages;
 pub mod snp_id;
 pub mod tdvf;
 
@@ -342,8 +342,8 @@ type ReadAt<'a> = &'a (dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync);
 ///
 /// Workers claim 64 KiB blocks from a shared counter and this thread works too; once no block is
 /// left to claim, this thread chains the PAGE_INFO digests in page order, waiting only for blocks
-/// a helper is still hashing. A helper that the scheduler starts late (on this VM an idle vCPU
-/// can take over a millisecond to pick a new thread up) then just does fewer blocks, and the
+/// a helper is still hashing. A helper that the scheduler starts late, or puts on this thread's
+/// core (some VM kernels pack threads onto few vCPUs), then just does fewer blocks, and the
 /// sequential chain overlaps the helpers' last blocks.
 fn pages_digest(len: u64, read: ReadAt<'_>) -> Result<[u8; 48], PagesError> {
     if len == 0 || len % PAGE != 0 || len > 1 << 32 {
@@ -458,44 +458,40 @@ impl BlockHasher {
     }
 
     /// The digests of the `n` pages from byte `offset`. Pages that are not one repeated byte go
-    /// through [`sha384x4`] four at a time.
+    /// through [`sha384_pages`], several at a time.
     fn hash(&mut self, read: ReadAt<'_>, offset: u64, n: usize) -> std::io::Result<Vec<[u8; 48]>> {
-        type Page<'p> = &'p [u8; sha384x4::PAGE];
+        type Page<'p> = &'p [u8; sha384_pages::PAGE];
         let bytes = self
             .buf
             .get_mut(..n * PAGE as usize)
             .ok_or_else(|| std::io::Error::other("block buffer"))?;
         read(offset, bytes)?;
-        let pages: Vec<Page<'_>> = bytes
+        let mut digests = vec![[0u8; 48]; n];
+        let mut others: Vec<(usize, Page<'_>)> = Vec::with_capacity(n);
+        for (i, page) in bytes
             .chunks_exact(PAGE as usize)
             .filter_map(|p| Page::try_from(p).ok())
-            .collect();
-        let mut digests = vec![[0u8; 48]; pages.len()];
-        let mut others = Vec::with_capacity(pages.len());
-        for ((i, page), digest) in pages.iter().enumerate().zip(&mut digests) {
+            .enumerate()
+        {
             let first = page[0];
             // 64 bytes at a time: this compiles to vector compares, where a byte-wise `all`
             // scanned the blank pages byte by byte.
             let repeated = [first; 64];
             if page.chunks_exact(64).all(|c| c == repeated) {
-                *digest = match self.uniform.get_mut(usize::from(first)) {
-                    Some(slot) => *slot.get_or_insert_with(|| sha384(&page[..])),
-                    None => sha384(&page[..]),
-                };
+                if let Some(digest) = digests.get_mut(i) {
+                    *digest = match self.uniform.get_mut(usize::from(first)) {
+                        Some(slot) => *slot.get_or_insert_with(|| sha384(&page[..])),
+                        None => sha384(&page[..]),
+                    };
+                }
             } else {
-                others.push(i);
+                others.push((i, page));
             }
         }
-        for batch in others.chunks(4) {
-            let batch_pages: Vec<Page<'_>> = batch
-                .iter()
-                .filter_map(|&i| pages.get(i))
-                .copied()
-                .collect();
-            for (&i, d) in batch.iter().zip(sha384x4::pages(&batch_pages)) {
-                if let Some(slot) = digests.get_mut(i) {
-                    *slot = d;
-                }
+        let pages: Vec<Page<'_>> = others.iter().map(|&(_, p)| p).collect();
+        for (&(i, _), d) in others.iter().zip(sha384_pages::pages(&pages)) {
+            if let Some(slot) = digests.get_mut(i) {
+                *slot = d;
             }
         }
         Ok(digests)
