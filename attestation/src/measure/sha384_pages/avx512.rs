@@ -37,6 +37,17 @@ fn rotr<const N: i32>(simd: V4, x: __m512i) -> __m512i {
     simd.avx512f._mm512_ror_epi64::<N>(x)
 }
 
+/// Σ: the XOR of three rotations of each lane (right by `A`, `B` and `C` bits).
+#[inline(always)]
+fn big_sigma<const A: i32, const B: i32, const C: i32>(simd: V4, x: __m512i) -> __m512i {
+    xor3(
+        simd,
+        rotr::<A>(simd, x),
+        rotr::<B>(simd, x),
+        rotr::<C>(simd, x),
+    )
+}
+
 /// One compression of eight blocks, lane `i` of `block` holding block `i`'s message words.
 // The schedule indexes `w: [_; 80]` at t−16..t for t in 16..80: always in bounds, and written
 // as FIPS 180-4 writes it.
@@ -55,12 +66,7 @@ fn compress(simd: V4, state: &mut [__m512i; 8], block: [__m512i; 16]) {
     }
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
     for (wt, kt) in w.iter().zip(K) {
-        let big_s1 = xor3(
-            simd,
-            rotr::<14>(simd, e),
-            rotr::<18>(simd, e),
-            rotr::<41>(simd, e),
-        );
+        let big_s1 = big_sigma::<14, 18, 41>(simd, e);
         // Ch(e, f, g) = e ? f : g (truth table 0xca).
         let ch = simd.avx512f._mm512_ternarylogic_epi64::<0xca>(e, f, g);
         let t1 = add(
@@ -68,12 +74,7 @@ fn compress(simd: V4, state: &mut [__m512i; 8], block: [__m512i; 16]) {
             add(simd, h, big_s1),
             add(simd, ch, add(simd, *wt, splat(simd, kt))),
         );
-        let big_s0 = xor3(
-            simd,
-            rotr::<28>(simd, a),
-            rotr::<34>(simd, a),
-            rotr::<39>(simd, a),
-        );
+        let big_s0 = big_sigma::<28, 34, 39>(simd, a);
         // Maj(a, b, c): the majority of the three bits (truth table 0xe8).
         let maj = simd.avx512f._mm512_ternarylogic_epi64::<0xe8>(a, b, c);
         let t2 = add(simd, big_s0, maj);
