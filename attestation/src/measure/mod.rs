@@ -146,10 +146,10 @@ pub fn parse_size(text: &str) -> Option<u64> {
 }
 
 /// The last `n` bytes of a file (all of it when it is shorter).
-fn read_tail(path: &PathBuf, n: u64) -> Result<Vec<u8>, MeasureError> {
+fn read_tail(path: &std::path::Path, n: u64) -> Result<Vec<u8>, MeasureError> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |source| MeasureError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
@@ -210,7 +210,7 @@ impl SevFirmwareView {
         // Metadata further back than the tail read so far: read back as far as it.
         let longer;
         let tail = if from_end > tail.len() && tail.len() as u64 == SEV_VIEW_MAX {
-            longer = read_tail(&firmware.to_path_buf(), from_end as u64)?;
+            longer = read_tail(firmware, from_end as u64)?;
             &longer[..]
         } else {
             tail
@@ -325,6 +325,12 @@ pub fn snp_firmware_file_pages_digest(path: &PathBuf) -> Result<[u8; 48], Measur
         PagesError::Measure(m) => m,
         PagesError::Io(source) => io(source),
     })
+}
+
+/// [`snp_firmware_pages_digest`] of a file, read whole (no positioned reads here).
+#[cfg(not(unix))]
+pub fn snp_firmware_file_pages_digest(path: &PathBuf) -> Result<[u8; 48], MeasureError> {
+    snp_firmware_pages_digest(&read(path)?)
 }
 
 enum PagesError {
@@ -685,10 +691,9 @@ impl VmSpec {
                 "unknown vCPU type {vcpu_type:?} (e.g. EPYC-Milan, EPYC-Genoa, EPYC-Turin)"
             ))
         })?;
-        // The firmware's pages are hashed here, streamed from the file. The kernel and initrd are
-        // checked first so a missing file is a clear I/O error naming it: `sev` reads them itself
-        // (it takes paths).
-        let pages_digest = snp_firmware_file_pages_digest(&self.firmware)?;
+        // Every input is checked before the firmware's pages are hashed (the bulk of the work).
+        // The kernel and initrd are checked here so a missing file is a clear I/O error naming
+        // it: `sev` reads them itself (it takes paths).
         for p in [self.kernel.as_ref(), self.initrd.as_ref()]
             .into_iter()
             .flatten()
@@ -710,6 +715,7 @@ impl VmSpec {
             }
         }
         let view = SevFirmwareView::new(&self.firmware, &tail)?;
+        let pages_digest = snp_firmware_file_pages_digest(&self.firmware)?;
         let args = SnpMeasurementArgs {
             vcpus: self.vcpus,
             vcpu_type: cpu,

@@ -27,43 +27,65 @@ pub const PAGE: usize = 4096;
 /// still cheaper than three single streams; with two they are not.
 const MIN_LANES_USED: usize = 3;
 
+/// The page kernels, widest first.
+#[derive(Clone, Copy)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(pulp::x86::V4),
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    Avx2,
+    Sha2,
+}
+
+impl Kernel {
+    /// The widest kernel this CPU has (AVX-512 is detected at run time, AVX2 is compiled in).
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = avx512::detect() {
+            return Self::Avx512(simd);
+        }
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        return Self::Avx2;
+        #[allow(unreachable_code)]
+        Self::Sha2
+    }
+}
+
 /// Which kernel [`pages`] uses on this CPU: `"avx512x8"`, `"avx2x4"` or `"sha2"`.
 pub fn kernel() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if avx512::detect().is_some() {
-        return "avx512x8";
-    }
-    if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
-        "avx2x4"
-    } else {
-        "sha2"
+    match Kernel::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512(_) => "avx512x8",
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        Kernel::Avx2 => "avx2x4",
+        Kernel::Sha2 => "sha2",
     }
 }
 
 /// SHA-384 of each page, in order, through the widest kernel this CPU has.
 pub fn pages(pages: &[&[u8; PAGE]]) -> Vec<[u8; 48]> {
-    let mut out = Vec::with_capacity(pages.len());
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = avx512::detect() {
-        for batch in pages.chunks(8) {
-            match lanes::<8>(batch) {
-                Some(lanes) => {
-                    out.extend(avx512::eight_pages(simd, lanes).iter().take(batch.len()))
-                }
-                None => out.extend(batch.iter().map(|p| one(p))),
-            }
-        }
-        return out;
+    match Kernel::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512(simd) => in_batches(pages, |lanes| avx512::eight_pages(simd, lanes)),
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        Kernel::Avx2 => in_batches(pages, avx2::four_pages),
+        Kernel::Sha2 => pages.iter().map(|p| one(p)).collect(),
     }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    for batch in pages.chunks(4) {
-        match lanes::<4>(batch) {
-            Some(lanes) => out.extend(avx2::four_pages(lanes).iter().take(batch.len())),
+}
+
+/// `pages` through an `N`-lane kernel, `N` at a time; batches too small for it one at a time.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn in_batches<const N: usize>(
+    pages: &[&[u8; PAGE]],
+    kernel: impl Fn([&[u8; PAGE]; N]) -> [[u8; 48]; N],
+) -> Vec<[u8; 48]> {
+    let mut out = Vec::with_capacity(pages.len());
+    for batch in pages.chunks(N) {
+        match lanes::<N>(batch) {
+            Some(lanes) => out.extend(kernel(lanes).iter().take(batch.len())),
             None => out.extend(batch.iter().map(|p| one(p))),
         }
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    out.extend(pages.iter().map(|p| one(p)));
     out
 }
 
