@@ -46,6 +46,8 @@ struct Session {
     endorsements: Arc<chrysalis_attestation::verify::Endorsements>,
     verified_at: Instant,
     verified_at_utc: Timestamp,
+    /// One HPKE context for all requests until the next verification.
+    sealing: Arc<chrysalis_proto::seal::SealingSession>,
 }
 
 /// Shared gateway state.
@@ -139,6 +141,7 @@ impl Gateway {
                     client: s.client.clone(),
                     attestation: s.attestation.clone(),
                     endorsements: Arc::clone(&s.endorsements),
+                    sealing: Arc::clone(&s.sealing),
                 });
             }
             tracing::info!(target: "chrysalis::gateway", "verification expired; verifying again");
@@ -171,6 +174,7 @@ impl Gateway {
                     endorsements: Arc::clone(&a.endorsements),
                     verified_at: Instant::now(),
                     verified_at_utc: now,
+                    sealing: Arc::clone(&a.sealing),
                 });
                 Ok(a)
             }

@@ -3,7 +3,9 @@
 //! Order of operations, which is the point of the design:
 //! 1. TLS handshake with a verifier that accepts the peer only if its certificate carries
 //!    evidence that verifies under the policy and binds this certificate's key.
-//! 2. Only then is the request sealed (HPKE) to the attested key and sent.
+//! 2. Only then is the request sealed (HPKE) to the attested key and sent. One sealing session
+//!    (one HPKE context) per verified connection serves all its requests, each under keys of
+//!    its own.
 //! 3. Every answer chunk is opened in order; the answer counts only when the chunk marked last
 //!    arrived. If any step fails, nothing of the prompt has left the process.
 
@@ -13,7 +15,7 @@ use crate::collateral::CollateralSource;
 use chrysalis_attestation::verify::Endorsements;
 use chrysalis_attestation::{Policy, Timestamp};
 use chrysalis_proto::enclave_client::EnclaveClient;
-use chrysalis_proto::seal::{seal_request, SealError};
+use chrysalis_proto::seal::{SealError, SealingSession};
 use chrysalis_proto::{AttestRequest, EvidenceBundle, SealedChunk};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
@@ -89,6 +91,8 @@ pub struct Attested {
     /// Endorsements from outside the bundle it was verified with (for fresh evidence too);
     /// shared, as sessions are cloned per request.
     pub endorsements: Arc<Endorsements>,
+    /// The HPKE context requests are sealed with, to the attested key; shared by clones.
+    pub sealing: Arc<SealingSession>,
 }
 
 /// Connect to `url`, verifying the enclave in the TLS handshake with the endorsements its
@@ -276,10 +280,12 @@ async fn connect_verified(
             url: url.into(),
             message: e.to_string(),
         })?;
+    let sealing = Arc::new(SealingSession::new(&attestation.hpke_public_key)?);
     Ok(Attested {
         client: EnclaveClient::new(channel),
         attestation,
         endorsements: verifier.endorsements(),
+        sealing,
     })
 }
 
@@ -420,7 +426,11 @@ pub async fn generate(
 ) -> Result<serde_json::Value, RemoteError> {
     let plain =
         Zeroizing::new(serde_json::to_vec(body).map_err(|e| RemoteError::Protocol(e.to_string()))?);
-    let (sealed, mut opener) = seal_request(&a.attestation.hpke_public_key, &plain)?;
+    if a.sealing.recipient() != &a.attestation.hpke_public_key {
+        // The attested key is the one to seal to, whatever the session was made for.
+        a.sealing = Arc::new(SealingSession::new(&a.attestation.hpke_public_key)?);
+    }
+    let (sealed, mut opener) = a.sealing.seal(&plain)?;
     drop(plain);
     let mut stream = a
         .client

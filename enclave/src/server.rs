@@ -118,6 +118,8 @@ fn seal_status(e: &SealError) -> Status {
         SealError::WrongRecipient => {
             Status::failed_precondition(format!("{e}: attest again and re-seal"))
         }
+        SealError::StaleRequest { .. } => Status::failed_precondition(e.to_string()),
+        SealError::ReplayedRequest(_) => Status::already_exists(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }

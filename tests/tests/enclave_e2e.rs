@@ -270,6 +270,39 @@ fn tampered_replayed_dropped_and_misdirected_chunks_are_detected() {
             .await
             .expect_err("wrong key refused");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+
+        // Requests of one connection share its sealing session, each under keys of its own...
+        let before = conn.sealing.requests_sealed();
+        for _ in 0..2 {
+            remote::generate(
+                &mut conn,
+                &serde_json::from_slice(&body).expect("json"),
+                |_| {},
+            )
+            .await
+            .expect("a later request of the session is answered");
+        }
+        assert_eq!(conn.sealing.requests_sealed(), before + 2);
+        // ...and a request sent again is refused as a replay, without an answer.
+        let (sealed, _) = conn.sealing.seal(&body).expect("seal");
+        let mut stream = conn
+            .client
+            .generate(sealed.clone())
+            .await
+            .expect("generate")
+            .into_inner();
+        while stream.message().await.expect("chunk").is_some() {}
+        let status = conn
+            .client
+            .generate(sealed)
+            .await
+            .expect_err("replay refused");
+        assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+        assert!(
+            status.message().contains("replayed"),
+            "{}",
+            status.message()
+        );
     });
 }
 
