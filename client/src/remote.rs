@@ -91,7 +91,8 @@ pub struct Attested {
     /// Endorsements from outside the bundle it was verified with (for fresh evidence too);
     /// shared, as sessions are cloned per request.
     pub endorsements: Arc<Endorsements>,
-    /// The HPKE context requests are sealed with, to the attested key; shared by clones.
+    /// The HPKE context requests are sealed with, to the attested key; shared by clones. Set up
+    /// when the connection has been verified, so that no request waits for the encapsulation.
     pub sealing: Arc<SealingSession>,
 }
 
