@@ -189,7 +189,7 @@ impl HpkeKeyPair {
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
-        // The map is consistent at every await-free step; a panic elsewhere cannot tear it.
+        // Every update leaves the map consistent, so a panic while it was held cannot tear it.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -222,16 +222,15 @@ impl HpkeKeyPair {
             None => Arc::new(self.decapsulate(&enc)?),
         };
         let (body_keys, answer_keys) = request_keys(|l, o| ctx.export(l, o), req.request_number)?;
-        let body = body_keys
-            .open(0, &request_aad(req), &req.ciphertext)
-            .map_err(|_| SealError::Authentication("the sealed request"))?;
+        let body = Zeroizing::new(
+            body_keys
+                .open(0, &request_aad(req), &req.ciphertext)
+                .map_err(|_| SealError::Authentication("the sealed request"))?,
+        );
         // Only an authenticated request enters the cache or counts against replays.
         self.lock_sessions()
             .accept(enc, ctx, req.request_number, now)?;
-        Ok((
-            Zeroizing::new(body),
-            ResponseSealer(Chunks::new(answer_keys)),
-        ))
+        Ok((body, ResponseSealer(Chunks::new(answer_keys))))
     }
 
     fn decapsulate(&self, enc: &Enc) -> Result<Receiver, SealError> {
