@@ -20,7 +20,7 @@ use chrysalis_attestation::{Platform, Policy, Timestamp};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::remote::{self, AnswerPiece, Attested, PeerAttestation, RemoteError};
+use crate::remote::{self, AnswerPiece, Attested, RemoteError};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -41,13 +41,11 @@ pub struct GatewayConfig {
 }
 
 struct Session {
-    client: chrysalis_proto::v1::enclave_client::EnclaveClient<tonic::transport::Channel>,
-    attestation: PeerAttestation,
-    endorsements: Arc<chrysalis_attestation::verify::Endorsements>,
+    /// The verified connection, its sealing session (one HPKE context for all requests until
+    /// the next verification) included; cloned for each request.
+    attested: Attested,
     verified_at: Instant,
     verified_at_utc: Timestamp,
-    /// One HPKE context for all requests until the next verification.
-    sealing: Arc<chrysalis_proto::seal::SealingSession>,
 }
 
 /// Shared gateway state.
@@ -137,12 +135,7 @@ impl Gateway {
         let mut guard = self.session.lock().await;
         if let Some(s) = guard.as_ref() {
             if s.verified_at.elapsed() < self.config.session_ttl {
-                return Ok(Attested {
-                    client: s.client.clone(),
-                    attestation: s.attestation.clone(),
-                    endorsements: Arc::clone(&s.endorsements),
-                    sealing: Arc::clone(&s.sealing),
-                });
+                return Ok(s.attested.clone());
             }
             tracing::info!(target: "chrysalis::gateway", "verification expired; verifying again");
         }
@@ -169,12 +162,9 @@ impl Gateway {
                 tracing::info!(target: "chrysalis::gateway", platform = %a.attestation.platform(), "enclave verified");
                 *self.last_failure.lock().await = None;
                 *guard = Some(Session {
-                    client: a.client.clone(),
-                    attestation: a.attestation.clone(),
-                    endorsements: Arc::clone(&a.endorsements),
+                    attested: a.clone(),
                     verified_at: Instant::now(),
                     verified_at_utc: now,
-                    sealing: Arc::clone(&a.sealing),
                 });
                 Ok(a)
             }
@@ -245,17 +235,17 @@ async fn attestation(State(g): State<Arc<Gateway>>) -> Response {
     let failure = g.last_failure.lock().await.clone();
     match s.as_ref() {
         Some(s) => {
-            let platform = s.attestation.platform();
+            let platform = s.attested.attestation.platform();
             Json(json!({
                 "verified": true,
                 "upstream": g.config.upstream,
                 "platform": platform.to_string(),
                 "simulated_not_confidential": platform == Platform::Simulated,
-                "verdict": serde_json::to_value(&s.attestation.verified).unwrap_or(Value::Null),
+                "verdict": serde_json::to_value(&s.attested.attestation.verified).unwrap_or(Value::Null),
                 "verified_at": s.verified_at_utc.to_rfc3339(),
                 "reverify_after_s": g.config.session_ttl.saturating_sub(s.verified_at.elapsed()).as_secs(),
-                "hpke_public_key": hex::encode(s.attestation.hpke_public_key),
-                "config": s.attestation.config,
+                "hpke_public_key": hex::encode(s.attested.attestation.hpke_public_key),
+                "config": s.attested.attestation.config,
             }))
             .into_response()
         }

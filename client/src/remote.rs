@@ -82,7 +82,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16), RemoteError> {
 }
 
 /// An attested connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Attested {
     /// The gRPC client (over the verified TLS connection).
     pub client: EnclaveClient<tonic::transport::Channel>,
@@ -427,10 +427,6 @@ pub async fn generate(
 ) -> Result<serde_json::Value, RemoteError> {
     let plain =
         Zeroizing::new(serde_json::to_vec(body).map_err(|e| RemoteError::Protocol(e.to_string()))?);
-    if a.sealing.recipient() != &a.attestation.hpke_public_key {
-        // The attested key is the one to seal to, whatever the session was made for.
-        a.sealing = Arc::new(SealingSession::new(&a.attestation.hpke_public_key)?);
-    }
     let (sealed, mut opener) = a.sealing.seal(&plain)?;
     drop(plain);
     let mut stream = a
